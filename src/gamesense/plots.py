@@ -1,0 +1,40 @@
+"""PNG plots for run artifacts (matplotlib, headless Agg backend)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+
+def plot_loss_curve(log_history: list[dict], path: str | Path) -> Path:
+    """Training loss (and learning rate on a second axis) against optimizer step.
+
+    Args:
+        log_history: trainer log records; those with ``loss`` and ``step`` are plotted.
+        path: PNG to write (parent directories are created).
+
+    Returns:
+        ``path``.
+    """
+    records = [r for r in log_history if "loss" in r and "step" in r]
+    fig, ax = plt.subplots(figsize=(7, 4), dpi=110)
+    ax.plot([r["step"] for r in records], [r["loss"] for r in records], marker="o", ms=3, label="train loss")
+    ax.set_xlabel("optimizer step")
+    ax.set_ylabel("loss (completion tokens)")
+    ax.grid(alpha=0.3)
+    lr = [(r["step"], r["learning_rate"]) for r in records if "learning_rate" in r]
+    if lr:
+        ax2 = ax.twinx()
+        ax2.plot(*zip(*lr), color="tab:orange", alpha=0.5, label="learning rate")
+        ax2.set_ylabel("learning rate")
+    ax.set_title("LoRA fine-tuning loss")
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path)
+    plt.close(fig)
+    return path

@@ -1,0 +1,26 @@
+"""Where GameSense keeps things on disk.
+
+- ``GAMESENSE_HOME`` (default ``~/.cache/gamesense``): caches shared by all projects, e.g. the base model
+  converted from GGUF to safetensors.
+- ``GAMESENSE_WORKDIR`` (default ``./.gamesense`` in the current directory): one project's runs: the MLflow
+  SQLite store and artifacts, the ZenML local store, checkpoints, predictions, reports.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+
+def home_dir() -> Path:
+    """Cache directory shared across projects (``GAMESENSE_HOME`` or ``~/.cache/gamesense``), created on demand."""
+    path = Path(os.environ.get("GAMESENSE_HOME") or Path.home() / ".cache" / "gamesense").expanduser()
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def work_dir() -> Path:
+    """The project's working directory (``GAMESENSE_WORKDIR`` or ``./.gamesense``), created on demand."""
+    path = Path(os.environ.get("GAMESENSE_WORKDIR") or Path.cwd() / ".gamesense").expanduser().resolve()
+    path.mkdir(parents=True, exist_ok=True)
+    return path

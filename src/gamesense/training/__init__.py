@@ -1,0 +1,1 @@
+"""Training layer: LoRA supervised fine-tuning of LLMs (TRL + PEFT) and tabular model training."""
