@@ -1,0 +1,1 @@
+"""Production monitoring: data and prediction drift (Evidently) and the retraining rule."""

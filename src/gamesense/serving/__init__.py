@@ -1,0 +1,1 @@
+"""Model serving: batch scoring (``batch``) and the online FastAPI app (``app``)."""

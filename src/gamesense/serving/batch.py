@@ -1,0 +1,77 @@
+"""Batch inference: validate a CSV/Parquet file, score it with a registered model, write predictions.
+
+Rejected rows go to a rejects file (with the reason per row); the validated inputs plus predictions are
+kept under ``<workdir>/engagement/scored/`` so monitoring can compare them with the training data.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from gamesense.settings import work_dir
+from gamesense.tasks import engagement as task
+
+
+def scored_dir() -> Path:
+    """Where scored batches are kept for monitoring (``<workdir>/engagement/scored``)."""
+    path = work_dir() / "engagement" / "scored"
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def latest_scored_batch() -> Path | None:
+    """Newest kept scored batch, or None."""
+    files = sorted(scored_dir().glob("*.parquet"))
+    return files[-1] if files else None
+
+
+def predict_batch(
+    input_path: str | Path,
+    output_path: str | Path,
+    model,
+    rejects_path: str | Path | None = None,
+    keep_scored: bool = True,
+) -> dict[str, Any]:
+    """Score ``input_path`` with ``model`` (a :class:`~gamesense.training.tabular.LoadedModel`).
+
+    Output columns: ``PlayerID``, ``PredictedEngagementLevel``, ``proba_High``, ``proba_Low``,
+    ``proba_Medium``, ``model_version``. The target column, when present, is ignored for scoring.
+
+    Returns:
+        summary dict: counts, output/rejects/scored paths, seconds, rows_per_s.
+
+    Raises:
+        SchemaError: unreadable file, unsupported suffix or missing columns.
+    """
+    t0 = time.perf_counter()
+    input_path, output_path = Path(input_path), Path(output_path)
+    if output_path.suffix.lower() not in (".csv", ".parquet", ".pq"):
+        raise task.SchemaError(f"{output_path}: unsupported format (use .csv or .parquet)")
+    raw = task.read_table(input_path)
+    result = task.validate_frame(raw, require_target=False)
+    valid = result.valid
+    preds = model.predict_frame(valid)
+    out = pd.concat([valid[[task.ID_COLUMN]], preds], axis=1)
+    out[task.PREDICTION] = out[task.PREDICTION].astype(str)
+    out["model_version"] = str(model.version)
+    task.write_table(out, output_path)
+    stamp = time.strftime("%Y%m%dT%H%M%S") + f"-{time.time_ns() % 1_000_000:06d}"
+    summary: dict[str, Any] = {**result.report(), "output": str(output_path), "model_version": str(model.version)}
+    if len(result.rejects):
+        rejects_path = Path(rejects_path) if rejects_path else work_dir() / "engagement" / "rejects" / f"{input_path.stem}-{stamp}.csv"
+        task.write_table(result.rejects, rejects_path)
+        summary["rejects_file"] = str(rejects_path)
+    if keep_scored and len(valid):
+        scored = pd.concat([valid, preds], axis=1)
+        scored["model_version"] = str(model.version)
+        path = scored_dir() / f"{stamp}-{input_path.stem}.parquet"
+        scored.to_parquet(path, index=False)
+        summary["scored_file"] = str(path)
+    summary["seconds"] = round(time.perf_counter() - t0, 3)
+    summary["rows_per_s"] = round(len(valid) / max(summary["seconds"], 1e-9))
+    summary["predicted_levels"] = out[task.PREDICTION].value_counts().to_dict()
+    return summary

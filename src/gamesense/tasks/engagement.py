@@ -1,0 +1,529 @@
+"""Player engagement (High / Medium / Low) from game telemetry: everything specific to this task.
+
+- the schema of the 13 columns and :func:`validate_frame` (rows that break it go to rejects with a reason),
+- feature lists and the engineered feature (weekly play minutes),
+- the scikit-learn / LightGBM pipeline builders and the baselines,
+- metrics and plots,
+- :class:`FastPredictor`, a vectorised predict path equivalent to the fitted pipeline (for throughput).
+
+Data: ``online_gaming_behavior.csv`` (Kaggle "Predict Online Gaming Behavior", simulated). ``PlayerID`` is
+an identifier and is never a feature.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import pandas as pd
+
+ID_COLUMN = "PlayerID"
+TARGET = "EngagementLevel"
+CLASSES = ("High", "Low", "Medium")  # sorted: the column order of predict_proba
+PREDICTION = "PredictedEngagementLevel"
+PROBA_PREFIX = "proba_"
+
+CATEGORIES: dict[str, tuple[str, ...]] = {
+    "Gender": ("Female", "Male"),
+    "Location": ("Asia", "Europe", "Other", "USA"),
+    "GameGenre": ("Action", "RPG", "Simulation", "Sports", "Strategy"),
+    "GameDifficulty": ("Easy", "Hard", "Medium"),
+}
+
+
+@dataclass(frozen=True)
+class NumericSpec:
+    """An allowed numeric range (inclusive) and whether values must be whole numbers."""
+
+    low: float
+    high: float
+    integer: bool
+    description: str = ""
+
+
+# Ranges are physical/plausible bounds, wider than the training data, so that drift is seen by monitoring
+# instead of being silently rejected; only impossible values are rejects.
+NUMERIC: dict[str, NumericSpec] = {
+    "Age": NumericSpec(10, 100, True, "years"),
+    "PlayTimeHours": NumericSpec(0, 24, False, "average hours per session"),
+    "InGamePurchases": NumericSpec(0, 1, True, "0/1: made in-game purchases"),
+    "SessionsPerWeek": NumericSpec(0, 168, True, "sessions per week"),
+    "AvgSessionDurationMinutes": NumericSpec(0, 1440, True, "average minutes per session"),
+    "PlayerLevel": NumericSpec(0, 1000, True, "current level"),
+    "AchievementsUnlocked": NumericSpec(0, 10000, True, "achievements unlocked"),
+}
+
+CATEGORICAL_FEATURES = list(CATEGORIES)
+RAW_NUMERIC_FEATURES = list(NUMERIC)
+ENGINEERED_FEATURES = ["WeeklyPlayMinutes"]
+NUMERIC_FEATURES = RAW_NUMERIC_FEATURES + ENGINEERED_FEATURES
+FEATURES = RAW_NUMERIC_FEATURES + CATEGORICAL_FEATURES  # raw input columns the model reads
+COLUMNS = [ID_COLUMN, "Age", "Gender", "Location", "GameGenre", "PlayTimeHours", "InGamePurchases",
+           "GameDifficulty", "SessionsPerWeek", "AvgSessionDurationMinutes", "PlayerLevel",
+           "AchievementsUnlocked", TARGET]  # fmt: skip
+
+
+class SchemaError(ValueError):
+    """The file as a whole cannot be used (missing columns, unreadable format); the message names them."""
+
+
+# --- reading, writing, validation -----------------------------------------------------------------------
+
+
+def read_table(path: str | Path) -> pd.DataFrame:
+    """Read a CSV or Parquet file (by suffix).
+
+    Raises:
+        SchemaError: missing file or unsupported suffix.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise SchemaError(f"{path}: no such file")
+    suffix = path.suffix.lower()
+    if suffix == ".csv":
+        return pd.read_csv(path)
+    if suffix in (".parquet", ".pq"):
+        return pd.read_parquet(path)
+    raise SchemaError(f"{path}: unsupported format {suffix!r} (use .csv or .parquet)")
+
+
+def write_table(df: pd.DataFrame, path: str | Path) -> Path:
+    """Write ``df`` as CSV or Parquet (by suffix), creating parent directories.
+
+    Raises:
+        SchemaError: unsupported suffix.
+    """
+    path = Path(path)
+    suffix = path.suffix.lower()
+    if suffix not in (".csv", ".parquet", ".pq"):
+        raise SchemaError(f"{path}: unsupported format {suffix!r} (use .csv or .parquet)")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if suffix == ".csv":
+        df.to_csv(path, index=False)
+    else:
+        df.to_parquet(path, index=False)
+    return path
+
+
+@dataclass
+class ValidationResult:
+    """Outcome of :func:`validate_frame`.
+
+    Attributes:
+        valid: rows that passed, with canonical dtypes (int64 / float64 / pandas Categorical with the
+            schema's categories), in input order, index reset.
+        rejects: rejected rows as read, plus ``source_row`` (0-based position in the input) and ``reason``.
+        n_input: rows read; n_duplicates: exact duplicate rows dropped (counted, not rejected).
+    """
+
+    valid: pd.DataFrame
+    rejects: pd.DataFrame
+    n_input: int
+    n_duplicates: int
+    summary: dict[str, int] = field(default_factory=dict)
+
+    def report(self) -> dict[str, Any]:
+        """Counts for logs and CLI output."""
+        return {"rows": self.n_input, "valid": len(self.valid), "rejected": len(self.rejects),
+                "duplicates_dropped": self.n_duplicates, "reasons": self.summary}  # fmt: skip
+
+
+def validate_frame(df: pd.DataFrame, require_target: bool = False, require_id: bool = True) -> ValidationResult:
+    """Check ``df`` against the schema, row by row (vectorised).
+
+    Exact duplicate rows are dropped and counted. A row is rejected, with every reason joined by ``"; "``,
+    when a value is missing, not numeric, not a whole number where one is required, out of range, not an
+    allowed category, or when its PlayerID appears on more than one (non-identical) row. Extra columns are
+    ignored. The target is checked when present and required only when ``require_target``.
+
+    Raises:
+        SchemaError: required columns missing (named in the message).
+    """
+    required = ([ID_COLUMN] if require_id else []) + FEATURES + ([TARGET] if require_target else [])
+    missing = [c for c in required if c not in df.columns]
+    if missing:
+        raise SchemaError(f"missing column(s): {', '.join(missing)}")
+    n_input = len(df)
+    cols = [c for c in COLUMNS if c in df.columns]
+    work = df[cols].reset_index(drop=True)
+    dup = work.duplicated().to_numpy()
+    n_dup = int(dup.sum())
+    positions = np.flatnonzero(~dup)
+    work = work.iloc[positions].reset_index(drop=True)
+    n = len(work)
+    reasons = np.full(n, "", dtype=object)
+    counts: dict[str, int] = {}
+    out: dict[str, Any] = {}
+
+    def flag(mask: np.ndarray, text: str) -> None:
+        if mask.any():
+            reasons[mask] = reasons[mask] + (text + "; ")
+            counts[text] = counts.get(text, 0) + int(mask.sum())
+
+    def numeric(name: str, spec: NumericSpec | None) -> None:
+        raw = work[name]
+        values = pd.to_numeric(raw, errors="coerce")
+        arr = values.to_numpy(dtype=np.float64, na_value=np.nan)
+        missing = raw.isna().to_numpy()
+        bad_type = np.isnan(arr) & ~missing
+        flag(missing, f"{name} is missing")
+        flag(bad_type, f"{name} is not a number")
+        ok = ~np.isnan(arr)
+        if spec is not None:
+            if spec.integer:
+                flag(ok & (np.floor(arr) != arr), f"{name} is not a whole number")
+            flag(ok & ((arr < spec.low) | (arr > spec.high)), f"{name} out of range [{spec.low:g}, {spec.high:g}]")
+            out[name] = arr if not spec.integer else np.where(ok, arr, 0).astype(np.int64)
+        else:
+            flag(ok & ((np.floor(arr) != arr) | (arr < 0)), f"{name} is not a non-negative integer")
+            out[name] = np.where(ok, arr, -1).astype(np.int64)
+
+    if ID_COLUMN in work.columns:
+        numeric(ID_COLUMN, None)
+    for name, spec in NUMERIC.items():
+        numeric(name, spec)
+    for name, allowed in list(CATEGORIES.items()) + ([(TARGET, tuple(sorted(CLASSES)))] if TARGET in work else []):
+        raw = work[name]
+        cat = pd.Categorical(raw, categories=allowed)
+        codes = cat.codes
+        missing = raw.isna().to_numpy()
+        flag(missing, f"{name} is missing")
+        flag((codes < 0) & ~missing, f"{name} not in {{{', '.join(allowed)}}}")
+        out[name] = cat
+    if ID_COLUMN in work.columns:
+        ids = work[ID_COLUMN]
+        clash = ids.duplicated(keep=False).to_numpy() & ids.notna().to_numpy()
+        flag(clash, f"{ID_COLUMN} is duplicated (same id on different rows)")
+
+    bad = reasons != ""
+    rejects = work.loc[bad].copy()
+    rejects.insert(0, "source_row", positions[bad])
+    rejects["reason"] = [r[:-2] for r in reasons[bad]]
+    keep = ~bad
+    valid = pd.DataFrame({c: (out[c][keep] if not isinstance(out[c], pd.Categorical) else out[c][keep])
+                          for c in cols})  # fmt: skip
+    return ValidationResult(valid.reset_index(drop=True), rejects.reset_index(drop=True), n_input, n_dup, counts)
+
+
+# --- features and models --------------------------------------------------------------------------------
+
+
+def add_features(X: pd.DataFrame) -> pd.DataFrame:
+    """Model input: the raw feature columns plus engineered ones (drops PlayerID, target, extras).
+
+    ``WeeklyPlayMinutes = SessionsPerWeek * AvgSessionDurationMinutes``: engagement on this data is, in
+    essence, how much a player plays per week; trees approximate this product poorly from the two factors.
+    """
+    out = X[FEATURES].copy()
+    out["WeeklyPlayMinutes"] = X["SessionsPerWeek"].to_numpy(np.float64) * X["AvgSessionDurationMinutes"].to_numpy(
+        np.float64
+    )
+    return out
+
+
+def _feature_step():
+    from sklearn.preprocessing import FunctionTransformer
+
+    return FunctionTransformer(add_features, validate=False, feature_names_out=_feature_names)
+
+
+def _feature_names(_transformer, _input_features) -> np.ndarray:
+    return np.array(FEATURES + ENGINEERED_FEATURES, dtype=object)
+
+
+def build_preprocessor():
+    """ColumnTransformer: StandardScaler on numeric (+engineered) columns, one-hot on categoricals.
+
+    Categories are fixed by the schema (not learnt), so every model sees the same columns; unknown values
+    (impossible after validation) encode as all zeros.
+    """
+    from sklearn.compose import ColumnTransformer
+    from sklearn.preprocessing import OneHotEncoder, StandardScaler
+
+    return ColumnTransformer(
+        [
+            ("num", StandardScaler(), NUMERIC_FEATURES),
+            ("cat", OneHotEncoder(categories=[list(CATEGORIES[c]) for c in CATEGORICAL_FEATURES],
+                                  handle_unknown="ignore", sparse_output=False), CATEGORICAL_FEATURES),  # fmt: skip
+        ],
+        remainder="drop",
+        verbose_feature_names_out=False,
+    )
+
+
+def build_pipeline(estimator):
+    """``Pipeline(features -> preprocess -> model)`` around any scikit-learn classifier."""
+    from sklearn.pipeline import Pipeline
+
+    return Pipeline([("features", _feature_step()), ("preprocess", build_preprocessor()), ("model", estimator)])
+
+
+def build_lightgbm(params: dict[str, Any], seed: int = 42):
+    """The main model: LightGBM multiclass classifier in the shared pipeline."""
+    from lightgbm import LGBMClassifier
+
+    return build_pipeline(LGBMClassifier(random_state=seed, verbose=-1, **params))
+
+
+BaselineName = Literal["logistic_regression", "gradient_boosting"]
+
+
+def build_baseline(name: BaselineName, seed: int = 42):
+    """Baselines with default-ish parameters: multinomial logistic regression, and scikit-learn's
+    GradientBoostingClassifier (the reference project's choice), in the same pipeline.
+
+    Raises:
+        ValueError: unknown name.
+    """
+    from sklearn.ensemble import GradientBoostingClassifier
+    from sklearn.linear_model import LogisticRegression
+
+    if name == "logistic_regression":
+        return build_pipeline(LogisticRegression(max_iter=1000, random_state=seed))
+    if name == "gradient_boosting":
+        return build_pipeline(GradientBoostingClassifier(random_state=seed))
+    raise ValueError(f"unknown baseline {name!r} (use logistic_regression or gradient_boosting)")
+
+
+def split_xy(df: pd.DataFrame) -> tuple[pd.DataFrame, pd.Series]:
+    """Features frame (raw columns; the pipeline selects and engineers) and target labels as str."""
+    return df[FEATURES], df[TARGET].astype(str)
+
+
+# --- metrics and plots ----------------------------------------------------------------------------------
+
+
+def compute_metrics(y_true, y_pred) -> dict[str, Any]:
+    """Accuracy, macro-F1, per-class precision/recall/F1 and the confusion matrix (rows: true, cols: pred,
+    order :data:`CLASSES`).
+
+    Returns:
+        dict with float metrics ``accuracy``, ``macro_f1``, ``precision_<cls>``, ``recall_<cls>``,
+        ``f1_<cls>`` and ``confusion_matrix`` (list of lists of ints).
+    """
+    from sklearn.metrics import accuracy_score, confusion_matrix, f1_score, precision_recall_fscore_support
+
+    y_true, y_pred = np.asarray(y_true).astype(str), np.asarray(y_pred).astype(str)
+    p, r, f, _ = precision_recall_fscore_support(y_true, y_pred, labels=list(CLASSES), zero_division=0)
+    out: dict[str, Any] = {
+        "accuracy": float(accuracy_score(y_true, y_pred)),
+        "macro_f1": float(f1_score(y_true, y_pred, labels=list(CLASSES), average="macro", zero_division=0)),
+    }
+    for i, cls in enumerate(CLASSES):
+        out[f"precision_{cls}"], out[f"recall_{cls}"], out[f"f1_{cls}"] = float(p[i]), float(r[i]), float(f[i])
+    out["confusion_matrix"] = confusion_matrix(y_true, y_pred, labels=list(CLASSES)).tolist()
+    return out
+
+
+def plot_confusion_matrix(cm: list[list[int]], path: str | Path, title: str = "Confusion matrix") -> Path:
+    """Save a confusion-matrix heatmap (PNG)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    arr = np.asarray(cm)
+    fig, ax = plt.subplots(figsize=(4.5, 4))
+    ax.imshow(arr, cmap="Blues")
+    ax.set_xticks(range(len(CLASSES)), CLASSES)
+    ax.set_yticks(range(len(CLASSES)), CLASSES)
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    for i in range(arr.shape[0]):
+        for j in range(arr.shape[1]):
+            ax.text(j, i, str(arr[i, j]), ha="center", va="center", color="white" if arr[i, j] > arr.max() / 2 else "black")
+    ax.set_title(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return Path(path)
+
+
+def feature_importance(pipeline) -> pd.Series:
+    """LightGBM gain importance per model input column (after one-hot), sorted descending."""
+    names = pipeline.named_steps["preprocess"].get_feature_names_out()
+    booster = pipeline.named_steps["model"].booster_
+    return pd.Series(booster.feature_importance(importance_type="gain"), index=names).sort_values(ascending=False)
+
+
+def plot_feature_importance(importance: pd.Series, path: str | Path, top: int = 20) -> Path:
+    """Save a horizontal bar chart of the ``top`` importances (PNG)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    imp = importance.head(top)[::-1]
+    fig, ax = plt.subplots(figsize=(6, 0.3 * len(imp) + 1))
+    ax.barh(imp.index, imp.to_numpy())
+    ax.set_xlabel("gain")
+    ax.set_title("LightGBM feature importance")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return Path(path)
+
+
+# --- fast predict path ----------------------------------------------------------------------------------
+
+
+class FastPredictor:
+    """Vectorised equivalent of ``pipeline.predict_proba`` for a fitted LightGBM engagement pipeline.
+
+    The sklearn pipeline stays the logged model; this reads its fitted parameters (scaler mean/scale,
+    one-hot categories, LightGBM booster) and builds the model matrix with numpy instead of going through
+    ColumnTransformer/OneHotEncoder on object columns, which dominates batch time.
+
+    Trees are compiled to C when a compiler is available (:mod:`gamesense.serving.lgbm_compiled`);
+    otherwise LightGBM's ``Booster.predict`` scores the matrix.
+
+    Args:
+        pipeline: a fitted pipeline from :func:`build_lightgbm`.
+        num_threads: threads for large batches (0: library default).
+        compiled: try the compiled trees.
+
+    Raises:
+        TypeError: the pipeline is not a LightGBM engagement pipeline.
+    """
+
+    def __init__(self, pipeline, num_threads: int = 0, compiled: bool = True):
+        steps = getattr(pipeline, "named_steps", {})
+        model = steps.get("model")
+        if model is None or not hasattr(model, "booster_"):
+            raise TypeError("FastPredictor needs a fitted LightGBM engagement pipeline")
+        pre = steps["preprocess"]
+        scaler = pre.named_transformers_["num"]
+        encoder = pre.named_transformers_["cat"]
+        self.mean = np.asarray(scaler.mean_, dtype=np.float64)
+        self.scale = np.asarray(scaler.scale_, dtype=np.float64)
+        self.categories = [list(c) for c in encoder.categories_]
+        self.booster = model.booster_
+        self.classes = [str(c) for c in model.classes_]
+        self.num_threads = num_threads
+        self.n_columns = len(NUMERIC_FEATURES) + sum(len(c) for c in self.categories)
+        self.compiled = None
+        if compiled:
+            from gamesense.serving.lgbm_compiled import compile_booster
+
+            self.compiled = compile_booster(self.booster)
+
+    def transform(self, X: pd.DataFrame) -> np.ndarray:
+        """Model matrix, shape ``(n_rows, n_columns)`` float64, identical to the pipeline's preprocess output."""
+        n = len(X)
+        M = np.zeros((n, self.n_columns), dtype=np.float64)
+        for j, name in enumerate(RAW_NUMERIC_FEATURES):
+            M[:, j] = X[name].to_numpy(np.float64)
+        j = len(RAW_NUMERIC_FEATURES)
+        M[:, j] = M[:, RAW_NUMERIC_FEATURES.index("SessionsPerWeek")] * M[
+            :, RAW_NUMERIC_FEATURES.index("AvgSessionDurationMinutes")
+        ]
+        k = len(NUMERIC_FEATURES)
+        M[:, :k] -= self.mean
+        M[:, :k] /= self.scale
+        rows = np.arange(n)
+        off = k
+        for name, cats in zip(CATEGORICAL_FEATURES, self.categories):
+            col = X[name]
+            if isinstance(col.dtype, pd.CategoricalDtype) and list(col.cat.categories) == cats:
+                codes = col.cat.codes.to_numpy()
+            else:
+                codes = pd.Categorical(col, categories=cats).codes
+            ok = codes >= 0
+            M[rows[ok], off + codes[ok]] = 1.0
+            off += len(cats)
+        return M
+
+    def predict_proba(self, X: pd.DataFrame) -> np.ndarray:
+        """Class probabilities, shape ``(n_rows, 3)``, columns in :attr:`classes` order."""
+        if len(X) == 0:
+            return np.zeros((0, len(self.classes)))
+        M = self.transform(X)
+        if self.compiled is not None:
+            return self.compiled.predict(M)
+        # one thread for small inputs: OpenMP start-up/spinning dominates and hurts tail latency
+        return self.booster.predict(M, num_threads=1 if len(X) < 1000 else self.num_threads)
+
+    def predict_frame(self, X: pd.DataFrame) -> pd.DataFrame:
+        """Predicted level and one ``proba_<class>`` column per class, index aligned with ``X``."""
+        proba = self.predict_proba(X)
+        out = pd.DataFrame(index=X.index)
+        out[PREDICTION] = pd.Categorical.from_codes(proba.argmax(axis=1), categories=self.classes) if len(X) else []
+        for i, cls in enumerate(self.classes):
+            out[PROBA_PREFIX + cls] = proba[:, i]
+        return out
+
+
+# --- recipe ---------------------------------------------------------------------------------------------
+
+from pydantic import Field  # noqa: E402
+
+from gamesense.config import StrictModel  # noqa: E402
+
+
+class EngagementData(StrictModel):
+    """Training data and split."""
+
+    train_file: str = Field("../shared/datasets/engagement/online_gaming_behavior.csv", description="CSV/Parquet")
+    max_rows: int | None = Field(None, ge=100, description="stratified subsample of N rows (tests, smoke runs)")
+    test_size: float = Field(0.2, gt=0, lt=1, description="held-out share (stratified)")
+    cv_folds: int = Field(5, ge=0, description="stratified K-fold CV of LightGBM on the train split; 0/1: off")
+    seed: int = 42
+
+
+class LightGBMParams(StrictModel):
+    """LightGBM hyperparameters (``LGBMClassifier`` names). Few shallow-ish trees: the signal is mostly
+    weekly play minutes, and prediction cost grows with the number of trees."""
+
+    n_estimators: int = Field(40, ge=1)
+    learning_rate: float = Field(0.2, gt=0)
+    num_leaves: int = Field(15, ge=2)
+    min_child_samples: int = Field(20, ge=1)
+    subsample: float = Field(1.0, gt=0, le=1)
+    colsample_bytree: float = Field(1.0, gt=0, le=1)
+    reg_lambda: float = Field(0.0, ge=0)
+    n_jobs: int = Field(1, description="training threads (1: share the CPU politely)")
+
+
+class DriftRule(StrictModel):
+    """When monitoring triggers retraining (any condition suffices)."""
+
+    drift_share: float = Field(0.3, ge=0, le=1, description="retrain when share of drifted feature columns > this")
+    prediction_drift: bool = Field(True, description="retrain when the prediction distribution drifted")
+    key_columns: list[str] = Field(["AvgSessionDurationMinutes", "SessionsPerWeek"],
+                                   description="retrain when any of these drifted")  # fmt: skip
+    method_threshold: float | None = Field(None, gt=0, description="override Evidently's per-column threshold")
+    max_reference_rows: int | None = Field(None, ge=100, description="subsample reference for speed")
+
+
+class EngagementRegistry(StrictModel):
+    """MLflow tracking and model registry."""
+
+    tracking_uri: str | None = Field(None, description="None: SQLite store in the working directory")
+    experiment: str = "gamesense-engagement"
+    model_name: str = "gamesense-engagement"
+    metric: str = Field("macro_f1", description="promotion metric (higher is better)")
+    min_delta: float = Field(0.0, ge=0, description="challenger must beat champion by more than this")
+
+
+class EngagementServing(StrictModel):
+    """Online API."""
+
+    alias: str = "champion"
+    reload_interval_s: float = Field(5.0, gt=0, description="how often the server checks the alias")
+    max_batch: int = Field(10_000, ge=1, description="players per request")
+
+
+class EngagementRecipe(StrictModel):
+    """Recipe for the engagement model (see ``recipes/engagement.yaml``)."""
+
+    task: Literal["engagement"] = "engagement"
+    data: EngagementData = EngagementData()
+    lightgbm: LightGBMParams = LightGBMParams()
+    baselines: list[Literal["logistic_regression", "gradient_boosting"]] = ["logistic_regression", "gradient_boosting"]
+    plots: bool = True
+    drift: DriftRule = DriftRule()
+    registry: EngagementRegistry = EngagementRegistry()
+    serving: EngagementServing = EngagementServing()
+    zenml: bool = Field(False, description="run CLI commands as ZenML pipelines")
