@@ -68,7 +68,7 @@ def test_player_id_is_never_a_feature_and_fast_path_matches_pipeline(frame):
     fast = plain.predict_proba(valid)
     np.testing.assert_allclose(fast, pipe.predict_proba(X), atol=1e-9)
     compiled = task.FastPredictor(pipe)
-    if compiled.compiled is not None:  # a C compiler is available
+    if compiled.compiled is not None:  # lleaves is installed and compiled the trees
         np.testing.assert_allclose(compiled.predict_proba(valid), fast, atol=1e-9)
         big = pd.concat([valid] * 10, ignore_index=True)  # threaded chunks
         np.testing.assert_allclose(compiled.predict_proba(big), np.tile(fast, (10, 1)), atol=1e-9)

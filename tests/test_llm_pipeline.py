@@ -106,7 +106,11 @@ def test_finetune_cli_with_zenml(workdir, tiny_model_dir, viggo_dir, tmp_path, m
     result = CliRunner().invoke(app, ["finetune", "--recipe", str(path), "--set", "training.max_steps=1"])
     assert result.exit_code == 0, result.output
     assert "registered gamesense-viggo version 1" in result.output
-    assert (workdir / "zenml").is_dir()
+    from zenml.client import Client  # ZenML's store is process-wide: the first test to use it created it
+
+    last_run = Client().get_pipeline("llm_finetune_pipeline").last_run
+    assert str(last_run.status).endswith("completed") and set(last_run.steps) == {
+        "prepare_data", "evaluate_base", "finetune", "evaluate_finetuned", "promote"}
 
     models = CliRunner().invoke(app, ["models", "list"])
     assert models.exit_code == 0 and "gamesense-viggo" in models.output and "challenger" in models.output
@@ -142,3 +146,58 @@ def test_evaluate_rejects_wrong_columns(workdir, tiny_model_dir, tmp_path):
     result = CliRunner().invoke(app, ["evaluate", "--model", str(tiny_model_dir), "--data", str(bad)])
     assert result.exit_code == 2
     assert "'mr' and 'ref'" in result.output
+
+
+def test_completion_loss_equals_model_loss(tiny_model_dir):
+    """Our LM-head-on-completions-only loss is the model's own shifted cross-entropy, with its gradients."""
+    import torch
+
+    from gamesense.models.base import load_base_model
+    from gamesense.training.sft import completion_loss
+
+    model = load_base_model(str(tiny_model_dir))
+    torch.manual_seed(0)
+    input_ids = torch.randint(10, 1000, (3, 12))
+    attention_mask = torch.ones_like(input_ids)
+    attention_mask[2, :4] = 0  # left padding in one row
+    labels = input_ids.clone()
+    labels[:, :5] = -100  # prompt
+    labels[attention_mask == 0] = -100
+    inputs = {"input_ids": input_ids, "attention_mask": attention_mask, "labels": labels}
+    ours = completion_loss(model, inputs)
+    ours.backward()
+    ours_grad = model.lm_head.weight.grad.clone()
+    model.zero_grad()
+    reference = model(**inputs).loss
+    reference.backward()
+    assert ours.item() == pytest.approx(reference.item(), rel=1e-5)
+    assert torch.allclose(ours_grad, model.lm_head.weight.grad, atol=1e-6)
+    assert completion_loss(model, inputs, num_items_in_batch=2 * int((labels[:, 1:] != -100).sum())).item() == pytest.approx(reference.item() / 2, rel=1e-5)
+
+
+@pytest.mark.slow
+def test_multi_process_launch_trains_on_all_ranks_and_registers_once(workdir, tiny_model_dir, viggo_dir, tmp_path):
+    """`accelerate launch -m gamesense finetune` with 2 CPU processes (gloo DDP): one run, one registered version."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    import mlflow
+
+    from gamesense.registry.mlflow_store import list_model_versions, setup_tracking
+
+    recipe = tiny_recipe(tiny_model_dir, viggo_dir, tmp_path, max_steps=2)
+    path = tmp_path / "recipe.yaml"
+    path.write_text(yaml.safe_dump(recipe.model_dump()))
+    accelerate = Path(sys.executable).with_name("accelerate")
+    result = subprocess.run(
+        [str(accelerate), "launch", "--cpu", "--num_processes", "2", "--num_machines", "1", "--mixed_precision", "no",
+         "--dynamo_backend", "no", "-m", "gamesense", "finetune", "--no-zenml", "--recipe", str(path)],
+        env={**os.environ, "GAMESENSE_WORKDIR": str(workdir), "COLUMNS": "200"}, capture_output=True, text=True, timeout=600,
+    )
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert result.stdout.count("registered gamesense-viggo version 1") == 1
+    setup_tracking()
+    assert [v["version"] for v in list_model_versions("gamesense-viggo")] == ["1"]
+    assert len(mlflow.search_runs(experiment_names=["gamesense-viggo"])) == 1

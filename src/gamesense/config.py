@@ -138,7 +138,7 @@ class LoraSection(StrictModel):
 class TrainingSection(StrictModel):
     """Optimisation knobs, named as in TRL's ``SFTConfig``."""
 
-    output_dir: str | None = Field(None, description="checkpoints; default: <workdir>/runs/<task>")
+    output_dir: str | None = Field(None, description="checkpoints; default: <workdir>/runs/<task>/checkpoints")
     max_steps: int = Field(-1, description="-1: run num_train_epochs")
     num_train_epochs: float = Field(1.0, gt=0)
     per_device_train_batch_size: int = Field(16, ge=1)
@@ -157,6 +157,9 @@ class TrainingSection(StrictModel):
         "auto", description="auto: bf16 autocast on GPUs and on CPUs with AVX512-BF16/AMX, else fp32"
     )
     gradient_checkpointing: bool = False
+    fused_loss: bool | None = Field(
+        None, description="TRL's chunked LM-head loss kernel (saves GPU memory, slow on CPU); None: on GPU only"
+    )
 
 
 class GenerationSection(StrictModel):

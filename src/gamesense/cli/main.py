@@ -69,6 +69,8 @@ def finetune(
         from gamesense.pipelines.llm_steps import run_local
 
         out = run_local(config, resume=resume)
+        if out is None:  # a non-main process of a multi-process (accelerate launch) run
+            return
     wall = time.perf_counter() - started
     console = _console()
     console.print(metrics_table({"base": out["base_metrics"], "fine-tuned": out["finetuned_metrics"]},

@@ -165,8 +165,9 @@ def finetune_adapter(recipe: LLMRecipe | dict, data: dict, resume: bool = False)
 
     recipe = _recipe(recipe)
     records = [{"prompt": r["prompt"], "completion": r["completion"]} for r in _read_jsonl(data["train_path"])]
-    output_dir = Path(recipe.training.output_dir) if recipe.training.output_dir else work_dir() / "runs" / recipe.task / "checkpoints"
-    result = finetune(recipe, records, output_dir=output_dir, resume=resume)
+    result = finetune(recipe, records, resume=resume)
+    if not result.is_main_process:
+        return {"adapter_dir": str(result.adapter_dir), "metrics": result.metrics}
     setup_tracking(recipe.registry.tracking_uri, recipe.registry.experiment)
     with mlflow.start_run(run_id=data["run_id"]):
         mlflow.log_metrics(result.metrics)
@@ -272,16 +273,31 @@ def promote(recipe: LLMRecipe | dict, data: dict, base_metrics: dict, finetuned_
     return outcome
 
 
-def run_local(recipe: LLMRecipe | dict, resume: bool = False) -> dict:
+def run_local(recipe: LLMRecipe | dict, resume: bool = False) -> dict | None:
     """The same five steps as the ZenML pipeline, as plain calls in this process.
 
+    Under ``accelerate launch`` (several processes), every process trains on its shard (DDP) while the main
+    process alone prepares the data, evaluates, registers and promotes; the others return None.
+
     Returns:
-        ``{"data", "base_metrics", "trained", "finetuned_metrics", "promotion"}``.
+        ``{"data", "base_metrics", "trained", "finetuned_metrics", "promotion"}`` (main process).
     """
+    from accelerate import PartialState
+    from accelerate.utils import broadcast_object_list
+
     recipe = _recipe(recipe)
-    data = prepare_data(recipe)
-    base_metrics = evaluate_base(recipe, data)
+    state = PartialState()
+    shared = [None]
+    if state.is_main_process:
+        data = prepare_data(recipe)
+        shared = [(data, evaluate_base(recipe, data))]
+    if state.num_processes > 1:
+        shared = broadcast_object_list(shared)
+    data, base_metrics = shared[0]
     trained = finetune_adapter(recipe, data, resume=resume)
+    state.wait_for_everyone()
+    if not state.is_main_process:
+        return None
     finetuned_metrics = evaluate_finetuned(recipe, data, trained)
     promotion = promote(recipe, data, base_metrics, finetuned_metrics)
     return {"data": data, "base_metrics": base_metrics, "trained": trained,

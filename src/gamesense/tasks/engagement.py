@@ -376,7 +376,7 @@ class FastPredictor:
     one-hot categories, LightGBM booster) and builds the model matrix with numpy instead of going through
     ColumnTransformer/OneHotEncoder on object columns, which dominates batch time.
 
-    Trees are compiled to C when a compiler is available (:mod:`gamesense.serving.lgbm_compiled`);
+    Trees are compiled to native code with lleaves when available (:mod:`gamesense.serving.lgbm_compiled`);
     otherwise LightGBM's ``Booster.predict`` scores the matrix.
 
     Args:

