@@ -201,3 +201,48 @@ def test_multi_process_launch_trains_on_all_ranks_and_registers_once(workdir, ti
     setup_tracking()
     assert [v["version"] for v in list_model_versions("gamesense-viggo")] == ["1"]
     assert len(mlflow.search_runs(experiment_names=["gamesense-viggo"])) == 1
+
+
+def test_promotion_gate_on_real_registry(workdir, tiny_model_dir, viggo_dir, tmp_path):
+    """Champion only for a model better than the base AND the current champion, on the same eval data."""
+    from gamesense.pipelines.llm_steps import prepare_data, promote
+    from gamesense.registry.mlflow_store import get_version_by_alias
+
+    recipe = tiny_recipe(tiny_model_dir, viggo_dir, tmp_path)
+    base = {"exact_match": 0.10}
+
+    def register(score: float) -> dict:
+        return promote(recipe, prepare_data(recipe), base, {"exact_match": score, "slot_f1": 0.5})
+
+    first = register(0.50)
+    assert (first["version"], first["alias"], first["promoted"]) == ("1", "champion", True)
+    worse = register(0.40)  # beats the base, not the champion
+    assert (worse["version"], worse["alias"], worse["promoted"]) == ("2", "challenger", False)
+    assert "does not beat champion v1 (0.4000 vs 0.5000)" in worse["reason"]
+    assert str(get_version_by_alias("gamesense-viggo", "champion").version) == "1"
+    tie = register(0.50)  # equal is not better
+    assert tie["alias"] == "challenger"
+    below_base = register(0.05)
+    assert below_base["alias"] == "challenger" and "does not beat base model" in below_base["reason"]
+    better = register(0.60)
+    assert better["alias"] == "champion" and str(get_version_by_alias("gamesense-viggo", "champion").version) == "5"
+    assert get_version_by_alias("gamesense-viggo", "champion").tags["promotion_reason"] == better["reason"]
+
+
+def test_bad_rows_are_reported_counted_and_skipped(workdir, tiny_model_dir, viggo_dir, tmp_path):
+    import mlflow
+
+    from gamesense.pipelines.llm_steps import prepare_data
+
+    lines = (viggo_dir / "train.csv").read_text().splitlines()[:11]  # header + 10 rows
+    lines += ['"inform(name[Portal 2], rating[good]","Portal 2 is good."', '"inform(name[Portal 2])",""']
+    train = tmp_path / "train_with_bad_rows.csv"
+    train.write_text("\n".join(lines) + "\n")
+    recipe = tiny_recipe(tiny_model_dir, viggo_dir, tmp_path)
+    recipe.data.train_file, recipe.data.max_train_rows = str(train), None
+    data = prepare_data(recipe)
+    assert (data["train_rows"], data["train_skipped_rows"]) == (10, 2)
+    run = mlflow.get_run(data["run_id"])
+    assert run.data.metrics["train_skipped_rows"] == 2
+    skipped = mlflow.artifacts.load_dict(f"{run.info.artifact_uri}/data/skipped_rows.json")
+    assert [line for line, _ in skipped["train"]] == [12, 13]

@@ -12,6 +12,8 @@ from typing import Optional
 
 import typer
 
+from gamesense.cli.common import load_recipe_or_exit
+
 app = typer.Typer(help="Player-engagement model (High/Medium/Low): train, promote, predict, monitor.", no_args_is_help=True)
 
 RecipeOpt = typer.Option("engagement", "--recipe", "-r", help="recipe name (recipes/NAME.yaml) or path")
@@ -19,14 +21,9 @@ SetOpt = typer.Option(None, "--set", help="override a recipe key, e.g. --set lig
 
 
 def _recipe(recipe: str, overrides: Optional[list[str]]):
-    from gamesense.config import RecipeError, load_recipe
     from gamesense.tasks.engagement import EngagementRecipe
 
-    try:
-        return load_recipe(recipe, EngagementRecipe, overrides or [])
-    except RecipeError as err:
-        typer.secho(str(err), fg="red", err=True)
-        raise typer.Exit(2) from None
+    return load_recipe_or_exit(recipe, EngagementRecipe, overrides)
 
 
 def _fail(err: Exception, code: int = 2) -> None:

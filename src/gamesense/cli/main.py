@@ -8,6 +8,7 @@ from __future__ import annotations
 import typer
 
 from gamesense.cli import engagement as engagement_cli
+from gamesense.cli.common import load_recipe_or_exit
 
 app = typer.Typer(
     help="GameSense: turn gaming data into production models (LLM adapters, tabular models) with "
@@ -28,12 +29,23 @@ def _console():
 
 
 def _load_llm_recipe(recipe: str, overrides: list[str]):
-    from gamesense.config import LLMRecipe, RecipeError, load_recipe
+    from gamesense.config import LLMRecipe
 
+    return load_recipe_or_exit(recipe, LLMRecipe, overrides)
+
+
+def _load_model(model: str, config):
+    """Load a model reference for generation (registry references use the recipe's tracking URI); a
+    reference that cannot be loaded exits with code 2 and one line saying why."""
+    from gamesense.models.refs import load_for_inference
+    from gamesense.registry.mlflow_store import setup_tracking
+
+    if model.startswith("models:/"):
+        setup_tracking(config.registry.tracking_uri)
     try:
-        return load_recipe(recipe, LLMRecipe, overrides)
-    except RecipeError as err:
-        typer.echo(str(err), err=True)
+        return load_for_inference(model)
+    except (ValueError, LookupError, OSError) as err:
+        typer.echo(f"error: {err}", err=True)
         raise typer.Exit(2) from None
 
 
@@ -104,8 +116,6 @@ def evaluate(
     from pathlib import Path
 
     from gamesense.evaluation.runner import evaluate_records, metrics_table, task_records
-    from gamesense.models.refs import load_for_inference
-    from gamesense.registry.mlflow_store import setup_tracking
     from gamesense.settings import work_dir
     from gamesense.tasks import get_task
 
@@ -119,13 +129,7 @@ def evaluate(
         raise typer.Exit(2) from None
     for line, reason in report.skipped:
         console.print(f"[yellow]skipped line {line}: {reason}[/yellow]")
-    if model.startswith("models:/"):
-        setup_tracking(config.registry.tracking_uri)
-    try:
-        loaded = load_for_inference(model)
-    except (ValueError, LookupError, OSError) as err:
-        typer.echo(f"error: {err}", err=True)
-        raise typer.Exit(2) from None
+    loaded = _load_model(model, config)
     slug = re.sub(r"[^\w.-]+", "_", f"{model}__{Path(data).stem}").strip("_")
     out_path = Path(output) if output else work_dir() / "predictions" / f"{slug}.jsonl"
     result = evaluate_records(loaded, task, task_records(task, report.examples, config.system_prompt), out_path,
@@ -145,19 +149,11 @@ def generate(
 ) -> None:
     """One prediction, for trying a model by hand."""
     from gamesense.evaluation.generation import generate_batch
-    from gamesense.models.refs import load_for_inference
-    from gamesense.registry.mlflow_store import setup_tracking
     from gamesense.tasks import get_task
 
     config = _load_llm_recipe(recipe, overrides or [])
     task = get_task(config.task)
-    if model.startswith("models:/"):
-        setup_tracking(config.registry.tracking_uri)
-    try:
-        loaded = load_for_inference(model)
-    except (ValueError, LookupError, OSError) as err:
-        typer.echo(f"error: {err}", err=True)
-        raise typer.Exit(2) from None
+    loaded = _load_model(model, config)
     out = generate_batch(loaded.model, loaded.tokenizer, [task.build_prompt(text, config.system_prompt)], max_new_tokens=config.generation.max_new_tokens, progress=False)
     typer.echo(task.extract_output(out.texts[0]))
 
