@@ -246,3 +246,17 @@ def test_bad_rows_are_reported_counted_and_skipped(workdir, tiny_model_dir, vigg
     assert run.data.metrics["train_skipped_rows"] == 2
     skipped = mlflow.artifacts.load_dict(f"{run.info.artifact_uri}/data/skipped_rows.json")
     assert [line for line, _ in skipped["train"]] == [12, 13]
+
+
+def test_sample_packing_trains_and_counts_tokens(workdir, tiny_model_dir, viggo_dir, tmp_path):
+    from gamesense.evaluation.runner import task_records
+    from gamesense.tasks import get_task
+    from gamesense.training.sft import finetune
+
+    task = get_task("viggo")
+    records = [{k: r[k] for k in ("prompt", "completion")} for r in task_records(task, task.load(viggo_dir / "train.csv", 24).examples)]
+    recipe = tiny_recipe(tiny_model_dir, viggo_dir, tmp_path, packing=True, max_length=512)
+    result = finetune(recipe, records, output_dir=tmp_path / "packed", show_progress=False)
+    assert result.metrics["train_steps"] == 2
+    assert result.metrics["train_tokens"] > 0
+    assert (result.adapter_dir / "adapter_model.safetensors").is_file()
