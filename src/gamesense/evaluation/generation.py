@@ -68,7 +68,6 @@ def generate_batch(
         tokenizer.apply_chat_template(messages, tokenize=True, add_generation_prompt=True, return_dict=False)
         for messages in prompts
     ]
-    encoded = [list(ids["input_ids"]) if isinstance(ids, dict) or hasattr(ids, "keys") else list(ids) for ids in encoded]
     order = sorted(range(len(encoded)), key=lambda i: -len(encoded[i]))
     stop_ids = _stop_token_ids(tokenizer)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
