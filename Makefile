@@ -1,5 +1,5 @@
 # GameSense: `make demo` runs the main job on the built-in defaults, `make test` runs the test suite.
-# `make demo ARGS="--set training.max_steps=20"` passes options to `gamesense finetune`.
+# `make demo ARGS="--set sft.max_steps=20"` passes options to `gamesense finetune`.
 # Both set up everything first (virtual environment, pinned packages, built-in base model).
 PYTHON ?= python3
 VENV ?= .venv

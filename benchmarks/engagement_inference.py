@@ -27,8 +27,10 @@ DEFAULT_DATA = ROOT.parent / "shared" / "datasets" / "engagement" / "online_gami
 
 
 def ensure_champion(recipe) -> None:
-    from gamesense.registry.mlflow_store import CHAMPION, get_version_by_alias, setup_tracking
-    from gamesense.training.tabular import promote_engagement, train_engagement
+    from gamesense.pipelines.engagement_steps import promote_engagement
+    from gamesense.registry.mlflow_store import get_version_by_alias, setup_tracking
+    from gamesense.registry.promotion import CHAMPION
+    from gamesense.training.tabular import train_engagement
 
     setup_tracking(recipe.registry.tracking_uri, recipe.registry.experiment)
     if get_version_by_alias(recipe.registry.model_name, CHAMPION) is None:
@@ -41,9 +43,9 @@ def ensure_champion(recipe) -> None:
 
 def bench_batch(recipe, data: Path, rows: int, repeat: int) -> dict:
     from gamesense.tasks import engagement as task
-    from gamesense.training.tabular import load_model
+    from gamesense.serving.tabular import load_tabular_model
 
-    model = load_model(recipe.registry.model_name, "champion")
+    model = load_tabular_model(recipe.registry.model_name, "champion")
     base = task.read_table(data).drop(columns=[task.TARGET])
     raw = base.sample(rows, replace=True, random_state=0).reset_index(drop=True)
     raw["PlayerID"] = np.arange(len(raw))  # resampled rows would clash on PlayerID

@@ -4,8 +4,9 @@ Both train LoRA adapters of the same shape on the same base model and the same s
 data, for the same number of optimizer steps and batch size:
 - anchor: HF ``Trainer``, every example padded to ``max_length=512``, loss on the full sequence, pad = eos,
   fp32, TRL/Trainer defaults otherwise;
-- ours: ``gamesense.training.sft`` settings: TRL ``SFTTrainer`` with completion-only loss, dynamic padding
-  with length-grouped batches, bf16 autocast where the CPU has it, no activation checkpointing.
+- ours: the recipe's ``sft`` stage as ``gamesense finetune`` builds it (``gamesense.training.stages``): TRL
+  ``SFTTrainer`` with completion-only loss, dynamic padding with length-grouped batches, bf16 autocast where
+  the CPU has it, no activation checkpointing.
 Throughput is non-pad tokens per second (the attention mask's sum; the same prompt format for both), timed
 from the second optimizer step on, rounds interleaved (ours, anchor, ours, anchor) so machine noise hits
 both. Prints both figures and the ratio.
@@ -18,18 +19,17 @@ from __future__ import annotations
 import argparse
 import statistics
 import time
+from pathlib import Path
 
 import torch
 from datasets import Dataset
-from peft import LoraConfig
 from transformers import DataCollatorForLanguageModeling, Trainer, TrainerCallback, TrainingArguments
-from trl import SFTConfig
 
 from gamesense.config import LLMRecipe, load_recipe, resolve_data_path
-from gamesense.evaluation.runner import task_records
 from gamesense.models.base import load_base_model, load_tokenizer
+from gamesense.models.hardware import resolve_bf16
 from gamesense.tasks import get_task
-from gamesense.training.sft import sft_trainer_class, use_bf16
+from gamesense.training.stages import StageInputs, build_trainer, lora_config, stage_config, stage_records
 
 
 class StepTimer(TrainerCallback):
@@ -48,25 +48,16 @@ class StepTimer(TrainerCallback):
             self.tokens = state.num_input_tokens_seen - self.start_tokens
 
 
-def lora(recipe: LLMRecipe) -> LoraConfig:
-    return LoraConfig(r=recipe.lora.r, lora_alpha=recipe.lora.alpha, lora_dropout=recipe.lora.dropout,
-                      target_modules=recipe.lora.target_modules, task_type="CAUSAL_LM")
+def run_ours(recipe: LLMRecipe, task, records, steps, batch_size, out) -> float:
+    """The production SFT stage (recipe settings, our trainer) on the shared slice."""
+    recipe = recipe.model_copy(deep=True)
+    recipe.sft = {**recipe.sft, "max_steps": steps, "per_device_train_batch_size": batch_size, "save_strategy": "no",
+                  "include_num_input_tokens_seen": "non_padding"}  # fmt: skip
+    inputs = StageInputs(recipe=recipe, task=task, train_records=records, stage_dir=Path(out), show_progress=False)
+    return timed(build_trainer("sft", inputs, stage_config("sft", recipe, Path(out))))
 
 
-def run_ours(recipe, records, steps, batch_size, out) -> float:
-    t = recipe.training
-    args = SFTConfig(
-        output_dir=out, max_steps=steps, per_device_train_batch_size=batch_size, learning_rate=t.learning_rate,
-        completion_only_loss=True, max_length=t.max_length, train_sampling_strategy="group_by_length",
-        bf16=use_bf16(t.mixed_precision), use_cpu=not torch.cuda.is_available(), activation_checkpointing=False,
-        save_strategy="no", report_to=[], disable_tqdm=True, include_num_input_tokens_seen="non_padding", seed=t.seed,
-    )
-    trainer = sft_trainer_class(t.fused_loss)(model=load_base_model(recipe.model.base), args=args, train_dataset=Dataset.from_list(records),
-                         processing_class=load_tokenizer(recipe.model.base), peft_config=lora(recipe))
-    return timed(trainer)
-
-
-def run_anchor(recipe, records, steps, batch_size, out) -> float:
+def run_anchor(recipe: LLMRecipe, task, records, steps, batch_size, out) -> float:
     from peft import get_peft_model
 
     tokenizer = load_tokenizer(recipe.model.base)
@@ -75,11 +66,11 @@ def run_anchor(recipe, records, steps, batch_size, out) -> float:
     encoded = tokenizer(texts, padding="max_length", truncation=True, max_length=512)
     dataset = Dataset.from_dict({"input_ids": encoded["input_ids"], "attention_mask": encoded["attention_mask"]})
     args = TrainingArguments(
-        output_dir=out, max_steps=steps, per_device_train_batch_size=batch_size, learning_rate=recipe.training.learning_rate,
+        output_dir=out, max_steps=steps, per_device_train_batch_size=batch_size, learning_rate=recipe.sft["learning_rate"],
         use_cpu=not torch.cuda.is_available(), save_strategy="no", report_to=[], disable_tqdm=True,
-        include_num_input_tokens_seen="non_padding", seed=recipe.training.seed,
+        include_num_input_tokens_seen="non_padding", seed=recipe.sft["seed"],
     )
-    model = get_peft_model(load_base_model(recipe.model.base), lora(recipe))
+    model = get_peft_model(load_base_model(recipe.model.base), lora_config(recipe))
     trainer = Trainer(model=model, args=args, train_dataset=dataset,
                       data_collator=DataCollatorForLanguageModeling(tokenizer, mlm=False))
     return timed(trainer)
@@ -102,18 +93,18 @@ def main() -> None:
     args = parser.parse_args()
     torch.manual_seed(0)
     recipe = load_recipe(args.recipe, LLMRecipe)
-    task = get_task(recipe.task)
+    task = get_task(recipe.task, recipe.task_options)
     examples = task.load(resolve_data_path(recipe.data.train_file), args.rows).examples
-    records = [{k: r[k] for k in ("prompt", "completion")} for r in task_records(task, examples, recipe.system_prompt)]
+    records = stage_records("sft", task, examples)
     results = {"ours": [], "anchor": []}
     for round_ in range(args.rounds):
         for name, fn in (("ours", run_ours), ("anchor", run_anchor)):
-            rate = fn(recipe, records, args.steps, args.batch_size, f"/tmp/gamesense-bench-{name}")
+            rate = fn(recipe, task, records, args.steps, args.batch_size, f"/tmp/gamesense-bench-{name}")
             results[name].append(rate)
             print(f"round {round_ + 1} {name:6s}: {rate:8.1f} non-pad tokens/s", flush=True)
     ours, anchor = statistics.median(results["ours"]), statistics.median(results["anchor"])
     print(f"\nmodel {recipe.model.base}, {len(records)} rows, batch {args.batch_size}, {args.steps} steps x {args.rounds} rounds")
-    print(f"ours   (completion-only, dynamic padding, bf16={use_bf16(recipe.training.mixed_precision)}): {ours:8.1f} non-pad tokens/s")
+    print(f"ours   (completion-only, dynamic padding, bf16={resolve_bf16(recipe.sft.get('bf16'))}): {ours:8.1f} non-pad tokens/s")
     print(f"anchor (Trainer, pad to 512, full-sequence loss, fp32):       {anchor:8.1f} non-pad tokens/s")
     print(f"ratio ours/anchor: {ours / anchor:.2f}x")
 

@@ -12,7 +12,10 @@ from typer.testing import CliRunner
 
 from gamesense.cli import app as cli
 from gamesense.monitoring.drift import ColumnDrift, decide_retraining, run_drift, simulate_drift
+from gamesense.config import load_recipe
 from gamesense.tasks import engagement as task
+
+RULE = load_recipe("engagement", task.EngagementRecipe).drift  # the shipped retraining rule
 
 DATA = Path(__file__).resolve().parents[1].parent / "shared" / "datasets" / "engagement" / "online_gaming_behavior.csv"
 pytestmark = pytest.mark.skipif(not DATA.is_file(), reason="engagement dataset not available")
@@ -29,7 +32,7 @@ def halves():
 
 def test_clean_split_stays_quiet(halves, tmp_path):
     ref, cur = halves
-    result = run_drift(ref, cur, task.DriftRule(), tmp_path)
+    result = run_drift(ref, cur, RULE, tmp_path)
     assert not result.retrain and result.reasons == [] and result.n_drifted == 0
     assert set(result.columns) == set(task.FEATURES) | {task.PREDICTION}
     assert Path(result.html_report).stat().st_size > 10_000
@@ -42,7 +45,7 @@ def test_simulated_drift_fires(halves, tmp_path):
     drifted = task.validate_frame(simulate_drift(cur)).valid
     assert len(drifted) == len(cur)  # the perturbation stays inside the schema
     drifted[task.PREDICTION] = cur[task.PREDICTION].replace({"High": "Low"})
-    result = run_drift(ref, drifted, task.DriftRule(), tmp_path)
+    result = run_drift(ref, drifted, RULE, tmp_path)
     assert result.retrain and result.prediction_drifted
     assert result.columns["AvgSessionDurationMinutes"].drifted and result.columns["SessionsPerWeek"].drifted
     assert any("key column SessionsPerWeek" in r for r in result.reasons)
@@ -51,12 +54,12 @@ def test_simulated_drift_fires(halves, tmp_path):
 def test_rule_is_configurable():
     cols = {c: ColumnDrift(c, "Wasserstein distance (normed)", 0.0, 0.1, False) for c in task.FEATURES}
     cols["Age"] = ColumnDrift("Age", "Wasserstein distance (normed)", 0.5, 0.1, True)
-    assert decide_retraining(cols, None, task.DriftRule())[0] is False  # 1/11 < 0.3, not a key column
-    assert decide_retraining(cols, None, task.DriftRule(key_columns=["Age"]))[0] is True
-    assert decide_retraining(cols, None, task.DriftRule(drift_share=0.05))[0] is True
+    assert decide_retraining(cols, None, RULE)[0] is False  # 1/11 < 0.3, not a key column
+    assert decide_retraining(cols, None, RULE.model_copy(update={"key_columns": ["Age"]}))[0] is True
+    assert decide_retraining(cols, None, RULE.model_copy(update={"drift_share": 0.05}))[0] is True
     cols["p"] = ColumnDrift("p", "K-S p_value", 0.01, 0.05, True)
-    assert decide_retraining(cols, "p", task.DriftRule(prediction_drift=False))[0] is False
-    assert decide_retraining(cols, "p", task.DriftRule())[0] is True
+    assert decide_retraining(cols, "p", RULE.model_copy(update={"prediction_drift": False}))[0] is False
+    assert decide_retraining(cols, "p", RULE)[0] is True
 
 
 def test_monitor_cli_exit_codes(tmp_path, monkeypatch):

@@ -81,8 +81,9 @@ def test_promotion_moves_alias_only_for_a_better_model(env):
     res = invoke("engagement", "promote", "--eval-file", eval_file)
     assert "KEPT" in res.output and "does not beat champion v1" in res.output, res.output
     assert aliases() == {"1": ["champion"], "2": ["challenger"]}
-    log = [json.loads(line) for line in (env / "work" / "engagement" / "promotions.jsonl").read_text().splitlines()]
-    assert [r["promote"] for r in log] == [True, False] and log[1]["challenger_score"] < log[1]["champion_score"]
+    log = [json.loads(line) for line in (env / "work" / "promotions.jsonl").read_text().splitlines()]
+    assert [r["promoted"] for r in log] == [True, False] and log[1]["candidate"] < log[1]["baselines"]["champion v1"]
+    assert log[1]["eval_file"] == eval_file and log[1]["eval_rows"] == 2000
     from mlflow import MlflowClient
 
     assert MlflowClient().get_model_version("gamesense-engagement", "2").tags["promotion_decision"] == "kept"

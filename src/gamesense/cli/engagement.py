@@ -12,7 +12,7 @@ from typing import Optional
 
 import typer
 
-from gamesense.cli.common import load_recipe_or_exit
+from gamesense.cli.common import fail, load_recipe_or_exit
 
 app = typer.Typer(help="Player-engagement model (High/Medium/Low): train, promote, predict, monitor.", no_args_is_help=True)
 
@@ -24,11 +24,6 @@ def _recipe(recipe: str, overrides: Optional[list[str]]):
     from gamesense.tasks.engagement import EngagementRecipe
 
     return load_recipe_or_exit(recipe, EngagementRecipe, overrides)
-
-
-def _fail(err: Exception, code: int = 2) -> None:
-    typer.secho(f"error: {err}", fg="red", err=True)
-    raise typer.Exit(code) from None
 
 
 def _print(obj) -> None:
@@ -60,7 +55,7 @@ def train(
 
             result = train_engagement(cfg, str(data) if data else None, register=not no_register).to_dict()
     except (SchemaError, ValueError) as err:
-        _fail(err)
+        fail(err)
     rows = [(name, m["accuracy"], m["macro_f1"]) for name, m in result["metrics"].items()]
     for name, acc, f1 in rows:
         typer.echo(f"{name:22s} accuracy={acc:.4f} macro_f1={f1:.4f}")
@@ -84,11 +79,11 @@ def promote(
         if cfg.zenml:
             record = _pipeline("promote", recipe=recipe, overrides=set_ or [], eval_file=str(eval_file) if eval_file else None)
         else:
-            from gamesense.training.tabular import promote_engagement
+            from gamesense.pipelines.engagement_steps import promote_engagement
 
             record = promote_engagement(cfg, str(eval_file) if eval_file else None)
     except (SchemaError, ValueError, LookupError) as err:
-        _fail(err)
+        fail(err)
     typer.echo(("PROMOTED" if record["promote"] else "KEPT") + f": {record['reason']}")
 
 
@@ -113,13 +108,13 @@ def predict(
         else:
             from gamesense.registry.mlflow_store import setup_tracking
             from gamesense.serving.batch import predict_batch
-            from gamesense.training.tabular import load_model
+            from gamesense.serving.tabular import load_tabular_model
 
             setup_tracking(cfg.registry.tracking_uri)
-            model = load_model(cfg.registry.model_name, cfg.serving.alias, model_uri)
+            model = load_tabular_model(cfg.registry.model_name, cfg.serving.alias, model_uri)
             summary = predict_batch(input, output, model, rejects, keep_scored)
     except (SchemaError, LookupError) as err:
-        _fail(err)
+        fail(err)
     _print(summary)
 
 
@@ -144,7 +139,7 @@ def monitor(
 
             result = monitor_engagement(cfg, current, reference, reports_dir).to_dict()
     except (SchemaError, LookupError, FileNotFoundError, KeyError) as err:
-        _fail(err)
+        fail(err)
     for name, col in result["columns"].items():
         mark = "DRIFT" if col["drifted"] else "ok"
         typer.echo(f"  {name:28s} {col['method']:32s} {col['score']:.4f} (threshold {col['threshold']}) {mark}")
@@ -170,7 +165,7 @@ def simulate_drift_cmd(
         out = simulate_drift(read_table(input), strength, seed)
         write_table(out, output)
     except SchemaError as err:
-        _fail(err)
+        fail(err)
     typer.echo(f"wrote {len(out)} drifted rows to {output}")
 
 
@@ -192,12 +187,12 @@ def pipeline(
         kwargs["eval_file"] = str(data) if data else None
     elif name == "predict":
         if not data or not output:
-            _fail(ValueError("predict pipeline needs --data and --output"))
+            fail(ValueError("predict pipeline needs --data and --output"))
         kwargs.update(input_file=str(data), output_file=str(output))
     elif name == "monitor":
         kwargs.update(current_file=str(data) if data else None, retrain=retrain)
     else:
-        _fail(ValueError(f"unknown pipeline {name!r}"))
+        fail(ValueError(f"unknown pipeline {name!r}"))
     _print(_pipeline(name, **kwargs))
 
 

@@ -1,14 +1,18 @@
-"""Root of the ``gamesense`` CLI: LLM commands here, task groups mounted from their own modules.
+"""Root of the ``gamesense`` CLI: the LLM commands (task-generic), task groups mounted from their modules.
 
 Heavy libraries (torch, transformers, mlflow) are imported inside commands so ``--help`` stays instant.
+Every LLM command works for any task: the task comes from the recipe (``--recipe``, default
+``recipes/default.yaml``) or, for a registered model, from the version's ``task`` tag.
 """
 
 from __future__ import annotations
 
+from typing import Optional
+
 import typer
 
 from gamesense.cli import engagement as engagement_cli
-from gamesense.cli.common import load_recipe_or_exit
+from gamesense.cli.common import fail, load_recipe_or_exit
 
 app = typer.Typer(
     help="GameSense: turn gaming data into production models (LLM adapters, tabular models) with "
@@ -17,9 +21,16 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 models_app = typer.Typer(help="What the MLflow model registry holds; move the champion alias by hand.", no_args_is_help=True)
+recipe_app = typer.Typer(help="Inspect recipes (recipes/*.yaml): every key, its value and its meaning.", no_args_is_help=True)
 app.add_typer(models_app, name="models")
+app.add_typer(recipe_app, name="recipe")
 app.add_typer(engagement_cli.app, name="engagement")
 app.command("serve")(engagement_cli.serve)
+
+DEFAULT_RECIPE = "default"
+RecipeOpt = typer.Option(None, "--recipe", "-r", help="recipe YAML file or a name under recipes/ (default: default.yaml, "
+                         "or for a registered model the recipe of its task)")  # fmt: skip
+SetOpt = typer.Option(None, "--set", "-s", help="override a recipe key, e.g. --set sft.max_steps=50 (repeatable)")
 
 
 def _console():
@@ -28,10 +39,46 @@ def _console():
     return Console()
 
 
-def _load_llm_recipe(recipe: str, overrides: list[str]):
-    from gamesense.config import LLMRecipe
+def _recipe_and_task(recipe: str | None, overrides: list[str] | None, model: str | None = None):
+    """Load the LLM recipe and its task; a bad recipe or task exits with code 2 and one line.
 
-    return load_recipe_or_exit(recipe, LLMRecipe, overrides)
+    Without ``--recipe``, a registry reference whose version carries a ``task`` tag selects
+    ``recipes/<task>.yaml``; anything else uses the default recipe.
+    """
+    from gamesense.config import LLMRecipe, RecipeError
+    from gamesense.pipelines.llm_steps import open_task
+
+    if recipe is None and model:
+        recipe = _task_of_registered(model)
+    config = load_recipe_or_exit(recipe or DEFAULT_RECIPE, LLMRecipe, overrides)
+    try:
+        return config, open_task(config)
+    except (LookupError, RecipeError) as err:
+        fail(err)
+
+
+def _task_of_registered(model: str) -> str | None:
+    """``recipes/<task>.yaml`` for a registry reference whose version has a ``task`` tag, else None.
+
+    Exits with code 2 when the version names a task that has no recipe of that name (pass --recipe).
+    """
+    from gamesense.config import RecipeError, resolve_recipe_path
+    from gamesense.registry.mlflow_store import resolve_version, setup_tracking
+    from gamesense.registry.refs import is_registry_ref, parse_model_ref
+
+    if not is_registry_ref(model):
+        return None
+    setup_tracking()
+    try:
+        task = (resolve_version(parse_model_ref(model)).tags or {}).get("task")
+    except (LookupError, ValueError):
+        return None  # reported when the model is loaded
+    if not task:
+        return None
+    try:
+        return str(resolve_recipe_path(task))
+    except RecipeError:
+        fail(f"{model} is a {task!r} model and there is no recipes/{task}.yaml: pass --recipe")
 
 
 def _load_model(model: str, config):
@@ -39,131 +86,138 @@ def _load_model(model: str, config):
     reference that cannot be loaded exits with code 2 and one line saying why."""
     from gamesense.models.refs import load_for_inference
     from gamesense.registry.mlflow_store import setup_tracking
+    from gamesense.registry.refs import is_registry_ref
 
-    if model.startswith("models:/"):
+    if is_registry_ref(model):
         setup_tracking(config.registry.tracking_uri)
     try:
-        return load_for_inference(model)
+        return load_for_inference(model, dtype=config.model.dtype)
     except (ValueError, LookupError, OSError) as err:
-        typer.echo(f"error: {err}", err=True)
-        raise typer.Exit(2) from None
+        fail(err)
 
 
-RecipeOpt = typer.Option("viggo", "--recipe", "-r", help="recipe YAML file, or a name under recipes/ (viggo)")
-SetOpt = typer.Option(None, "--set", "-s", help="override a recipe key, e.g. --set training.max_steps=50 (repeatable)")
+def _print_outcome(out, task, wall: float) -> None:
+    from gamesense.evaluation.runner import metrics_table
+
+    console = _console()
+    data, trained, promo = out.data, out.trained, out.promotion
+    columns = {"base": out.base_metrics, **{f"+{stage}": m for stage, m in trained.evaluations.items()}}
+    title = f"{task.name}: {data.counts['eval_rows']} rows of {data.eval_file}"
+    console.print(metrics_table(columns, title=title, order=task.metric_order))
+    for result in trained.results:
+        m = result.metrics
+        rate = f", {m['train_tokens_per_s']:.0f} tokens/s" if m.get("train_tokens") else ""
+        extra = f", pairwise accuracy {m['pairwise_accuracy']:.4f}" if "pairwise_accuracy" in m else ""
+        console.print(f"{result.stage}: {m['train_steps']:.0f} steps, loss {m['train_loss']:.4f}{rate}, "
+                      f"{m['train_runtime_s'] / 60:.1f} min{extra}")  # fmt: skip
+    if data.counts["train_skipped_rows"] or data.counts["eval_skipped_rows"]:
+        console.print(f"set-aside rows: train {data.counts['train_skipped_rows']}, eval {data.counts['eval_skipped_rows']} "
+                      "(see data/skipped_rows.json in the MLflow run)")  # fmt: skip
+    console.print(f"registered [bold]{promo['model_name']}[/bold] version {promo['version']} -> "
+                  f"[bold]{promo['alias']}[/bold]: {promo['reason']}")  # fmt: skip
+    final = trained.latest("policy")
+    console.print(f"adapter: {final.adapter_dir}\nrun: {data.run_dir} (MLflow run {data.run_id})\n"
+                  f"try it: gamesense generate --model models:/{promo['model_name']}/{promo['version']} \"...\"\n"
+                  f"wall time {wall / 60:.1f} min")  # fmt: skip
 
 
 @app.command()
 def finetune(
-    recipe: str = RecipeOpt,
-    overrides: list[str] = SetOpt,
-    resume: bool = typer.Option(False, "--resume", help="continue an interrupted run from its last checkpoint"),
-    zenml: bool = typer.Option(None, "--zenml/--no-zenml", help="run as a ZenML pipeline (default: recipe's zenml key)"),
+    recipe: Optional[str] = RecipeOpt,
+    overrides: Optional[list[str]] = SetOpt,
+    resume: bool = typer.Option(False, "--resume", help="continue the task's interrupted run: completed stages are "
+                                "kept, the interrupted one resumes from its last checkpoint"),  # fmt: skip
+    zenml: Optional[bool] = typer.Option(None, "--zenml/--no-zenml", help="run as a ZenML pipeline (default: recipe's zenml key)"),
 ) -> None:
-    """Prepare data, evaluate the base model, LoRA fine-tune, evaluate the adapter, register it in MLflow
-    and promote it to champion only if it beats the base model and the current champion."""
+    """Prepare data, evaluate the base model, train the recipe's stages (e.g. SFT, reward model, GRPO),
+    evaluate each policy, register the final adapter in MLflow and promote it to champion only if it beats
+    the base model and the current champion on the task's gate metric."""
     import logging
     import time
-
-    from gamesense.evaluation.runner import metrics_table
 
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     for noisy in ("httpx", "mlflow", "alembic", "urllib3"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
-    config = _load_llm_recipe(recipe, overrides or [])
+    config, task = _recipe_and_task(recipe, overrides)
     use_zenml = config.zenml if zenml is None else zenml
     started = time.perf_counter()
     if use_zenml:
         from gamesense.pipelines.llm import run_zenml
 
-        out = run_zenml(config.model_dump(), resume=resume)
+        out = run_zenml(config, resume=resume)
     else:
         from gamesense.pipelines.llm_steps import run_local
 
         out = run_local(config, resume=resume)
         if out is None:  # a non-main process of a multi-process (accelerate launch) run
             return
-    wall = time.perf_counter() - started
-    console = _console()
-    console.print(metrics_table({"base": out["base_metrics"], "fine-tuned": out["finetuned_metrics"]},
-                                title=f"{config.task}: {out['data']['eval_rows']} rows of {out['data']['eval_file']}"))
-    promo, trained, data = out["promotion"], out["trained"], out["data"]
-    tm = trained["metrics"]
-    console.print(f"training: {tm['train_steps']:.0f} steps, loss {tm['train_loss']:.4f}, "
-                  f"{tm['train_tokens_per_s']:.0f} tokens/s, {tm['train_runtime_s'] / 60:.1f} min")
-    if data["train_skipped_rows"] or data["eval_skipped_rows"]:
-        console.print(f"skipped rows: train {data['train_skipped_rows']}, eval {data['eval_skipped_rows']} "
-                      "(see data/skipped_rows.json in the MLflow run)")
-    console.print(f"registered [bold]{promo['model_name']}[/bold] version {promo['version']} -> "
-                  f"[bold]{promo['alias']}[/bold]: {promo['reason']}")
-    console.print(f"adapter: {trained['adapter_dir']}\nrun: {data['run_dir']} (MLflow run {data['run_id']})\n"
-                  f"try it: gamesense generate --model models:/{promo['model_name']}/{promo['version']} \"...\"\n"
-                  f"wall time {wall / 60:.1f} min")
+    _print_outcome(out, task, time.perf_counter() - started)
 
 
 @app.command()
 def evaluate(
     model: str = typer.Option(..., "--model", "-m", help="base id/path, adapter dir, or models:/NAME@ALIAS | models:/NAME/VERSION"),
-    data: str = typer.Option(..., "--data", "-d", help="evaluation file in the task's format (CSV or JSONL)"),
-    recipe: str = RecipeOpt,
-    overrides: list[str] = SetOpt,
-    output: str = typer.Option(None, "--output", "-o", help="predictions JSONL (default: <workdir>/predictions/...)"),
-    max_rows: int = typer.Option(None, help="only the first N rows"),
+    data: str = typer.Option(..., "--data", "-d", help="evaluation file in the task's format"),
+    recipe: Optional[str] = RecipeOpt,
+    overrides: Optional[list[str]] = SetOpt,
+    output: Optional[str] = typer.Option(None, "--output", "-o", help="predictions JSONL (default: <workdir>/predictions/...)"),
+    max_rows: Optional[int] = typer.Option(None, help="only the first N rows"),
 ) -> None:
-    """Score any model on any evaluation file: prints the metrics table and generation throughput and
-    writes one JSONL record per example (input, reference, prediction, per-row scores)."""
+    """Score any model on any evaluation file with the task's evaluations: prints the metrics table and
+    generation throughput and writes one JSONL record per example (its columns, prediction, per-row scores)."""
     import re
     from pathlib import Path
 
-    from gamesense.evaluation.runner import evaluate_records, metrics_table, task_records
+    from gamesense.evaluation.runner import evaluate_model, metrics_table
     from gamesense.settings import work_dir
-    from gamesense.tasks import get_task
 
-    config = _load_llm_recipe(recipe, overrides or [])
-    task = get_task(config.task)
+    config, task = _recipe_and_task(recipe, overrides, model)
     console = _console()
     try:
         report = task.load(data, max_rows)
     except ValueError as err:
-        typer.echo(f"error: {err}", err=True)
-        raise typer.Exit(2) from None
+        fail(err)
     for line, reason in report.skipped:
-        console.print(f"[yellow]skipped line {line}: {reason}[/yellow]")
+        console.print(f"[yellow]set aside line {line}: {reason}[/yellow]")
     loaded = _load_model(model, config)
     slug = re.sub(r"[^\w.-]+", "_", f"{model}__{Path(data).stem}").strip("_")
     out_path = Path(output) if output else work_dir() / "predictions" / f"{slug}.jsonl"
-    result = evaluate_records(loaded, task, task_records(task, report.examples, config.system_prompt), out_path,
-                              max_new_tokens=config.generation.max_new_tokens, batch_size=config.generation.batch_size)
+    records = task.eval_records(report.examples) if "static" in task.evaluation else None
+    result = evaluate_model(loaded, task, records, out_path.parent, config.generation.max_new_tokens,
+                            config.generation.batch_size, label=model)  # fmt: skip
+    if result.predictions_path is not None and result.predictions_path != out_path:
+        result.predictions_path.replace(out_path)
     metrics = dict(result.metrics, skipped_rows=float(len(report.skipped)))
-    console.print(metrics_table({model: metrics}, title=f"{loaded.description} on {report.path} ({len(report.examples)} rows)"))
-    console.print(f"generation: {metrics['gen_tokens_per_s']:.0f} tokens/s over {metrics['eval_seconds']:.1f} s")
-    console.print(f"predictions: {out_path}")
+    console.print(metrics_table({model: metrics}, title=f"{loaded.description} on {report.path} ({len(report.examples)} rows)",
+                                order=task.metric_order))  # fmt: skip
+    if "gen_tokens_per_s" in metrics:
+        console.print(f"generation: {metrics['gen_tokens_per_s']:.0f} tokens/s over {metrics['eval_seconds']:.1f} s")
+        console.print(f"predictions: {out_path}")
 
 
 @app.command()
 def generate(
-    text: str = typer.Argument(..., help="what the player said"),
-    model: str = typer.Option("models:/gamesense-viggo@champion", "--model", "-m", help="as for evaluate"),
-    recipe: str = RecipeOpt,
-    overrides: list[str] = SetOpt,
+    text: str = typer.Argument(..., help="the user's input, formatted as the task's prompt"),
+    model: str = typer.Option(..., "--model", "-m", help="as for evaluate, e.g. models:/gamesense-TASK@champion"),
+    recipe: Optional[str] = RecipeOpt,
+    overrides: Optional[list[str]] = SetOpt,
 ) -> None:
     """One prediction, for trying a model by hand."""
     from gamesense.evaluation.generation import generate_batch
-    from gamesense.tasks import get_task
 
-    config = _load_llm_recipe(recipe, overrides or [])
-    task = get_task(config.task)
+    config, task = _recipe_and_task(recipe, overrides, model)
     loaded = _load_model(model, config)
-    out = generate_batch(loaded.model, loaded.tokenizer, [task.build_prompt(text, config.system_prompt)], max_new_tokens=config.generation.max_new_tokens, progress=False)
-    typer.echo(task.extract_output(out.texts[0]))
+    out = generate_batch(loaded.model, loaded.tokenizer, [task.prompt(text)], max_new_tokens=config.generation.max_new_tokens,
+                         stop_strings=task.stop_strings, progress=False)  # fmt: skip
+    typer.echo(task.parse_output(out.texts[0]))
 
 
 @models_app.command("list")
 def models_list(
-    name: str = typer.Argument(None, help="one registered model (default: all)"),
-    tracking_uri: str = typer.Option(None, help="MLflow tracking URI (default: the working directory's SQLite store)"),
+    name: Optional[str] = typer.Argument(None, help="one registered model (default: all)"),
+    tracking_uri: Optional[str] = typer.Option(None, help="MLflow tracking URI (default: the working directory's SQLite store)"),
 ) -> None:
-    """Registered versions with their aliases and key metrics."""
+    """Registered versions with their aliases and gate metric."""
     from datetime import datetime
 
     from rich.table import Table
@@ -173,23 +227,24 @@ def models_list(
     setup_tracking(tracking_uri)
     rows = list_model_versions(name)
     table = Table(title="model registry")
-    for col in ("name", "version", "aliases", "created", "metrics", "run"):
+    for col in ("name", "version", "aliases", "created", "gate metric", "run"):
         table.add_column(col)
     for row in rows:
         tags = row["tags"]
-        shown = [k for k in ("exact_match", "slot_f1", "macro_f1", "accuracy") if k in tags]
+        metric = tags.get("gate_metric")
+        shown = f"{metric}={float(tags[metric]):.4f}" if metric in tags else ""
         table.add_row(row["name"], row["version"], ", ".join(row["aliases"]),
-                      datetime.fromtimestamp(row["created"] / 1000).strftime("%Y-%m-%d %H:%M"),
-                      " ".join(f"{k}={float(tags[k]):.4f}" for k in shown), (row["run_id"] or "")[:8])
+                      datetime.fromtimestamp(row["created"] / 1000).strftime("%Y-%m-%d %H:%M"), shown,
+                      (row["run_id"] or "")[:8])  # fmt: skip
     _console().print(table if rows else "the registry is empty: run `gamesense finetune` first")
 
 
 @models_app.command("promote")
 def models_promote(
-    name: str = typer.Argument(..., help="registered model, e.g. gamesense-viggo"),
+    name: str = typer.Argument(..., help="registered model, e.g. gamesense-TASK"),
     version: str = typer.Argument(..., help="version number to make champion"),
     alias: str = typer.Option("champion", help="alias to move"),
-    tracking_uri: str = typer.Option(None, help="MLflow tracking URI (default: the working directory's SQLite store)"),
+    tracking_uri: Optional[str] = typer.Option(None, help="MLflow tracking URI (default: the working directory's SQLite store)"),
 ) -> None:
     """Move an alias (default ``champion``) to a version by hand, bypassing the evaluation gate."""
     from mlflow.exceptions import MlflowException
@@ -200,6 +255,29 @@ def models_promote(
     try:
         set_alias(name, version, alias)
     except MlflowException as err:
-        typer.echo(f"error: {err.message}", err=True)
-        raise typer.Exit(2) from None
+        fail(err.message)
     typer.echo(f"{name} version {version} is now @{alias}")
+
+
+@recipe_app.command("show")
+def recipe_show(
+    recipe: str = typer.Argument(DEFAULT_RECIPE, help="recipe YAML file or a name under recipes/"),
+    overrides: Optional[list[str]] = SetOpt,
+    markdown: bool = typer.Option(False, "--markdown", help="a Markdown table (key | value | meaning), as in the README"),
+) -> None:
+    """Every key the recipe sets, its value and what it means (validated first)."""
+    from gamesense.config import LLMRecipe, recipe_rows, rows_to_markdown
+
+    _, task = _recipe_and_task(recipe, overrides)
+    rows = recipe_rows(recipe, LLMRecipe, overrides, sections={"task_options": task.Options})
+    if markdown:
+        typer.echo(rows_to_markdown(rows))
+        return
+    from rich.table import Table
+
+    table = Table(title=str(recipe))
+    for col in ("key", "value", "meaning"):
+        table.add_column(col)
+    for row in rows:
+        table.add_row(*row)
+    _console().print(table)

@@ -1,50 +1,50 @@
-"""Evaluate a model on a task's data file: generate, score, write predictions, print tables."""
+"""Evaluate one model on one task: static (decode every evaluation record, then score the strings) and/or
+rollout (act in the task's environment), whichever the task declares; metric tables for the console."""
 
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from collections.abc import Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from gamesense.evaluation.generation import generate_batch
-from gamesense.tasks import TextTask
+from gamesense.evaluation.policy import ModelPolicy
+from gamesense.tasks.base import Record, Task
 
 
 @dataclass
 class EvalResult:
-    """Scores of one model on one evaluation file.
+    """Scores of one model on one task.
 
     Attributes:
-        metrics: the task's metrics plus ``gen_tokens_per_s`` and ``eval_seconds``.
-        predictions_path: JSONL, one record per example: line, input, reference, prediction, raw output,
-            per-row scores.
+        metrics: the task's metrics; static evaluations add ``gen_tokens_per_s`` and ``eval_seconds``.
+        predictions_path: JSONL, one record per evaluation example (its columns, prediction, raw output,
+            per-row scores); None without a static evaluation.
+        artifacts: files from a rollout evaluation (GIFs, plots), name -> path.
     """
 
     metrics: dict[str, float]
-    predictions_path: Path
+    predictions_path: Path | None = None
+    artifacts: dict[str, Path] = field(default_factory=dict)
 
 
-def task_records(task: TextTask, examples: list, system_prompt: str | None = None) -> list[dict]:
-    """Examples as prompt-completion records ``{"line", "prompt", "completion"}`` (TRL conversational format)."""
-    return [{"line": ex.line, **task.to_prompt_completion(ex, system_prompt)} for ex in examples]
-
-
-def evaluate_records(
-    loaded,
-    task: TextTask,
-    records: list[dict],
+def evaluate_static(
+    model,
+    task: Task,
+    records: Sequence[Record],
     predictions_path: str | Path,
-    max_new_tokens: int = 128,
-    batch_size: int = 32,
+    max_new_tokens: int,
+    batch_size: int,
     desc: str = "evaluate",
     progress: bool = True,
 ) -> EvalResult:
-    """Greedy-decode every record's prompt, score the outputs against the completions with the task's
-    metrics and write predictions JSONL.
+    """Greedy-decode every record's prompt, parse and score the outputs with the task's metrics, and write
+    the predictions JSONL.
 
     Args:
-        loaded: a :class:`gamesense.models.refs.LoadedModel`.
-        records: from :func:`task_records`, all of them: no sampling.
+        model: an :class:`~gamesense.models.refs.InferenceModel`.
+        records: from :meth:`Task.eval_records`, all of them: no sampling.
         predictions_path: where to write the JSONL (parent directories are created).
 
     Raises:
@@ -52,38 +52,63 @@ def evaluate_records(
     """
     if not records:
         raise ValueError("no evaluation examples: check the evaluation file")
-    result = generate_batch(
-        loaded.model, loaded.tokenizer, [r["prompt"] for r in records], max_new_tokens=max_new_tokens,
-        batch_size=batch_size, progress=progress, desc=desc,
-    )
-    predictions = [task.extract_output(text) for text in result.texts]
-    references = [r["completion"][-1]["content"] for r in records]
-    metrics = task.compute_metrics(predictions, references)
+    result = generate_batch(model.model, model.tokenizer, [r["prompt"] for r in records], max_new_tokens=max_new_tokens,
+                            batch_size=batch_size, stop_strings=task.stop_strings, progress=progress, desc=desc)  # fmt: skip
+    predictions = [task.parse_output(text) for text in result.texts]
+    metrics = task.compute_metrics(predictions, records)
     metrics["gen_tokens_per_s"] = result.tokens_per_s
     metrics["eval_seconds"] = result.seconds
     path = Path(predictions_path)
     path.parent.mkdir(parents=True, exist_ok=True)
     with path.open("w") as handle:
-        for rec, raw, pred, ref in zip(records, result.texts, predictions, references):
-            row = {"line": rec["line"], "input": rec["prompt"][-1]["content"], "reference": ref, "prediction": pred, "raw": raw}
-            row.update(task.per_row_scores(pred, ref))
+        for record, raw, prediction in zip(records, result.texts, predictions):
+            row = {k: v for k, v in record.items() if k != "prompt"}
+            row.update(prediction=prediction, raw=raw, **task.row_scores(prediction, record))
             handle.write(json.dumps(row, ensure_ascii=False) + "\n")
     return EvalResult(metrics=metrics, predictions_path=path)
 
 
-_PERCENT_METRICS = ("exact_match", "mr_match", "act_accuracy", "slot_precision", "slot_recall", "slot_f1",
-                    "valid_mr_rate", "rouge1", "rouge2", "rougeL")
+def evaluate_model(
+    model,
+    task: Task,
+    records: Sequence[Record] | None,
+    out_dir: str | Path,
+    max_new_tokens: int,
+    batch_size: int,
+    label: str = "model",
+    progress: bool = True,
+) -> EvalResult:
+    """Every evaluation the task declares, merged: static on ``records`` (skipped when None), rollout with
+    the model as a :class:`ModelPolicy`. Predictions go to ``<out_dir>/predictions.jsonl``.
+
+    Raises:
+        ValueError: a static task without records.
+    """
+    out = Path(out_dir)
+    result = EvalResult(metrics={})
+    if "static" in task.evaluation and records is not None:
+        result = evaluate_static(model, task, records, out / "predictions.jsonl", max_new_tokens, batch_size,
+                                 desc=f"evaluate {label}", progress=progress)  # fmt: skip
+    elif "static" in task.evaluation and "rollout" not in task.evaluation:
+        raise ValueError(f"task {task.name!r} is evaluated on records: pass an evaluation file")
+    if "rollout" in task.evaluation:
+        policy = ModelPolicy(model, label, max_new_tokens, batch_size, task.stop_strings)
+        rollout = task.rollout(policy, progress=progress)
+        result.metrics.update(rollout.metrics)
+        result.artifacts.update(rollout.artifacts)
+    return result
 
 
-def metrics_table(columns: dict[str, dict[str, float]], title: str = "evaluation"):
-    """A rich ``Table``: one row per metric, one column per model (e.g. ``base`` and ``fine-tuned``)."""
+def metrics_table(columns: dict[str, dict[str, float]], title: str = "evaluation", order: Sequence[str] = ()):
+    """A rich ``Table``: one row per metric (``order`` first, the rest sorted; ``n`` left out), one column per
+    model (e.g. ``base`` and ``fine-tuned``)."""
     from rich.table import Table
 
     table = Table(title=title)
     table.add_column("metric")
     for name in columns:
         table.add_column(name, justify="right")
-    keys = [k for k in _PERCENT_METRICS if any(k in m for m in columns.values())]
+    keys = [k for k in order if any(k in m for m in columns.values())]
     keys += sorted({k for m in columns.values() for k in m} - set(keys) - {"n"})
     for key in keys:
         cells = []

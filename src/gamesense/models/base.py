@@ -15,6 +15,7 @@ from pathlib import Path
 
 import torch
 
+from gamesense.models.hardware import load_dtype
 from gamesense.settings import home_dir
 
 log = logging.getLogger(__name__)
@@ -92,15 +93,6 @@ def resolve_base_model(name_or_path: str) -> str:
     return name_or_path
 
 
-def pick_dtype(dtype: str = "auto") -> torch.dtype:
-    """``auto``: bf16 on a CUDA GPU that supports it, else fp16 on CUDA, else fp32 (CPU)."""
-    if dtype != "auto":
-        return getattr(torch, dtype)
-    if torch.cuda.is_available():
-        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-    return torch.float32
-
-
 def load_tokenizer(name_or_path: str):
     """Tokenizer with a pad token distinct from EOS where the vocabulary allows, padding on the left
     (right for training is set by the collator)."""
@@ -133,7 +125,7 @@ def load_base_model(
     """
     from transformers import AutoModelForCausalLM
 
-    torch_dtype = pick_dtype(dtype)
+    torch_dtype = load_dtype(dtype)
     kwargs: dict = {"dtype": torch_dtype}
     if attn_implementation:
         kwargs["attn_implementation"] = attn_implementation

@@ -1,7 +1,7 @@
-"""Resolve a model reference to a ready-to-generate model.
+"""Resolve a model reference to a model ready to generate.
 
 A reference is one of:
-- a registry reference: ``models:/gamesense-viggo@champion`` or ``models:/gamesense-viggo/3``;
+- a registry reference: ``models:/gamesense-<task>@champion`` or ``models:/gamesense-<task>/3``;
 - a PEFT adapter directory (holds ``adapter_config.json``): loaded on its base model and merged;
 - anything else: a base model (hub id, local path, or the built-in SmolLM2 id).
 """
@@ -9,69 +9,66 @@ A reference is one of:
 from __future__ import annotations
 
 import json
-import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 
 from gamesense.models.base import load_base_model, load_tokenizer
-
-_REGISTRY_REF = re.compile(r"^models:/(?P<name>[^/@]+)(?:@(?P<alias>[\w-]+)|/(?P<version>\d+))$")
+from gamesense.models.hardware import inference_dtype
+from gamesense.registry.refs import is_registry_ref, parse_model_ref
 
 
 @dataclass
-class LoadedModel:
-    """A model ready for :func:`gamesense.evaluation.generation.generate_batch`.
+class InferenceModel:
+    """A causal LM ready for generation and scoring.
 
     Attributes:
         model: causal LM in eval mode, LoRA weights merged into the base.
         tokenizer: matching tokenizer (pad token distinct from EOS where possible).
         description: what was loaded, e.g. ``adapter /x on HuggingFaceTB/SmolLM2-135M-Instruct``.
         base: base model reference.
+        tags: the registry version's tags (task, metrics) for registry references, else empty.
     """
 
     model: object
     tokenizer: object
     description: str
     base: str
+    tags: dict[str, str] = field(default_factory=dict)
 
 
-def resolve_adapter_dir(ref: str) -> Path | None:
-    """Local adapter directory for an adapter path or a registry reference; None for a base model.
+def resolve_adapter_dir(ref: str) -> tuple[Path | None, dict[str, str]]:
+    """Local adapter directory for an adapter path or a registry reference (None for a base model), and the
+    registry version's tags.
 
     Raises:
         ValueError: malformed ``models:/`` reference.
         LookupError: registry reference that names no version (unknown model, alias or version).
     """
-    if ref.startswith("models:/"):
-        match = _REGISTRY_REF.match(ref)
-        if not match:
-            raise ValueError(f"model reference {ref!r}: expected models:/NAME@ALIAS or models:/NAME/VERSION")
-        from mlflow.exceptions import MlflowException
+    if is_registry_ref(ref):
+        from gamesense.registry.mlflow_store import download_version, resolve_version
 
-        from gamesense.registry.mlflow_store import download_version
-
-        try:
-            path = download_version(match["name"], match["alias"] or match["version"])
-        except MlflowException as err:
-            raise LookupError(f"model reference {ref!r} not found in the registry: {err.message}") from None
-        return path
+        version = resolve_version(parse_model_ref(ref))
+        return download_version(version), dict(version.tags or {})
     path = Path(ref).expanduser()
     if (path / "adapter_config.json").is_file():
-        return path
-    return None
+        return path, {}
+    return None, {}
 
 
-def load_for_inference(ref: str, dtype: str = "auto") -> LoadedModel:
-    """Load any model reference (see module doc) for generation; adapters are merged for speed.
+def load_for_inference(ref: str, dtype: str = "auto") -> InferenceModel:
+    """Load any model reference (see module doc) for generation; adapters are merged for speed, and on a CPU
+    with native bf16 the merged weights are cast to bf16 (see :func:`~gamesense.models.hardware.inference_dtype`).
 
     Raises:
-        ValueError / LookupError: see :func:`resolve_adapter_dir`; OSError from transformers when a base
-        model cannot be found.
+        ValueError / LookupError: see :func:`resolve_adapter_dir`; FileNotFoundError: a local-looking path
+        that does not exist; OSError from transformers when a base model cannot be found.
     """
-    adapter_dir = resolve_adapter_dir(ref)
+    adapter_dir, tags = resolve_adapter_dir(ref)
     if adapter_dir is None:
+        if ref.startswith((".", "/", "~")) and not Path(ref).expanduser().exists():
+            raise FileNotFoundError(f"model {ref!r}: no such file or directory")
         model = load_base_model(ref, dtype=dtype)
         tokenizer = load_tokenizer(ref)
         description, base = f"base {ref}", ref
@@ -85,9 +82,7 @@ def load_for_inference(ref: str, dtype: str = "auto") -> LoadedModel:
         tokenizer = load_tokenizer(str(adapter_dir) if has_tokenizer else base)
         description = f"adapter {ref} on {base}"
     model.eval()
-    if not torch.cuda.is_available() and dtype == "auto":
-        from gamesense.training.sft import cpu_supports_bf16
-
-        if cpu_supports_bf16():
-            model.to(torch.bfloat16)  # native bf16 matmuls: ~2x faster decoding on this class of CPU
-    return LoadedModel(model=model, tokenizer=tokenizer, description=description, base=base)
+    target = inference_dtype(dtype)
+    if not torch.cuda.is_available() and model.dtype != target:
+        model.to(target)
+    return InferenceModel(model=model, tokenizer=tokenizer, description=description, base=base, tags=tags)

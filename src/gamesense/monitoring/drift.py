@@ -215,10 +215,10 @@ def monitor_engagement(
     if frames:
         if model is None:
             from gamesense.registry.mlflow_store import setup_tracking
-            from gamesense.training.tabular import load_model
+            from gamesense.serving.tabular import load_tabular_model
 
             setup_tracking(recipe.registry.tracking_uri)
-            model = load_model(recipe.registry.model_name, recipe.serving.alias)
+            model = load_tabular_model(recipe.registry.model_name, recipe.serving.alias)
         for f in frames:
             f[task.PREDICTION] = model.predict_frame(f)[task.PREDICTION].astype(str).to_numpy()
     return run_drift(reference, current, recipe.drift, out_dir or reports_dir())

@@ -34,9 +34,9 @@ def train_step(recipe: str, overrides: list[str], data_file: str | None = None) 
 
 @step(enable_cache=False)
 def promote_step(recipe: str, overrides: list[str], eval_file: str | None = None, trained: dict | None = None) -> dict:
-    """Champion/challenger gate (see :func:`gamesense.training.tabular.promote_engagement`). ``trained`` only
+    """Champion/challenger gate (see :func:`gamesense.pipelines.engagement_steps.promote_engagement`). ``trained`` only
     orders the step after training; a skipped training (``{}``) skips promotion too."""
-    from gamesense.training.tabular import promote_engagement
+    from gamesense.pipelines.engagement_steps import promote_engagement
 
     if trained is not None and not trained:
         return {}
@@ -48,11 +48,11 @@ def predict_step(recipe: str, overrides: list[str], input_file: str, output_file
     """Batch scoring with the champion (see :func:`gamesense.serving.batch.predict_batch`)."""
     from gamesense.registry.mlflow_store import setup_tracking
     from gamesense.serving.batch import predict_batch
-    from gamesense.training.tabular import load_model
+    from gamesense.serving.tabular import load_tabular_model
 
     cfg = _recipe(recipe, overrides)
     setup_tracking(cfg.registry.tracking_uri)
-    return predict_batch(input_file, output_file, load_model(cfg.registry.model_name, cfg.serving.alias, model_uri))
+    return predict_batch(input_file, output_file, load_tabular_model(cfg.registry.model_name, cfg.serving.alias, model_uri))
 
 
 @step(enable_cache=False)

@@ -1,9 +1,13 @@
-"""ZenML pipeline for LLM fine-tuning: prepare_data -> evaluate_base -> finetune -> evaluate_finetuned ->
-promote. Each step is a one-line wrapper over :mod:`gamesense.pipelines.llm_steps`; caching is off because
-training is not a pure function of its inputs (checkpoints, the registry's champion).
+"""ZenML pipeline for an LLM recipe: prepare_data -> evaluate_base -> train_<stage> (-> evaluate_<stage> for
+policy stages) for each stage of the recipe -> promote. Each step is a thin wrapper over
+:mod:`gamesense.pipelines.llm_steps`; steps exchange typed artifacts (the recipe, the prepared data, the
+stages trained so far). Caching is off: training is not a pure function of its inputs (checkpoints, the
+registry's champion).
 """
 
 from __future__ import annotations
+
+from typing import Any
 
 from gamesense.pipelines import init_zenml
 
@@ -11,61 +15,60 @@ init_zenml()
 
 from zenml import pipeline, step  # noqa: E402
 
+from gamesense.config import LLMRecipe  # noqa: E402
 from gamesense.pipelines import llm_steps  # noqa: E402
+from gamesense.pipelines.llm_steps import PipelineOutcome, PreparedData, TrainedStages  # noqa: E402
+from gamesense.training.stages import STAGE_PRODUCES  # noqa: E402
 
 
 @step(enable_cache=False)
-def prepare_data(recipe: dict) -> dict:
-    return llm_steps.prepare_data(recipe)
+def prepare_data(recipe: LLMRecipe, resume: bool) -> PreparedData:
+    return llm_steps.prepare_data(recipe, resume)
 
 
 @step(enable_cache=False)
-def evaluate_base(recipe: dict, data: dict) -> dict:
+def evaluate_base(recipe: LLMRecipe, data: PreparedData) -> dict[str, float]:
     return llm_steps.evaluate_base(recipe, data)
 
 
 @step(enable_cache=False)
-def finetune(recipe: dict, data: dict, resume: bool) -> dict:
-    return llm_steps.finetune_adapter(recipe, data, resume=resume)
+def train_stage(recipe: LLMRecipe, data: PreparedData, stage: str, trained: TrainedStages, resume: bool) -> TrainedStages:
+    return llm_steps.train_stage(recipe, data, stage, trained, resume)
 
 
 @step(enable_cache=False)
-def evaluate_finetuned(recipe: dict, data: dict, trained: dict) -> dict:
-    return llm_steps.evaluate_finetuned(recipe, data, trained)
+def evaluate_stage(recipe: LLMRecipe, data: PreparedData, trained: TrainedStages, stage: str) -> TrainedStages:
+    return llm_steps.evaluate_stage(recipe, data, trained, stage)
 
 
 @step(enable_cache=False)
-def promote(recipe: dict, data: dict, base_metrics: dict, finetuned_metrics: dict) -> dict:
-    return llm_steps.promote(recipe, data, base_metrics, finetuned_metrics)
+def promote(recipe: LLMRecipe, data: PreparedData, base_metrics: dict[str, float], trained: TrainedStages) -> dict[str, Any]:
+    return llm_steps.promote(recipe, data, base_metrics, trained).to_dict()
 
 
 @pipeline(enable_cache=False)
-def llm_finetune_pipeline(recipe: dict, resume: bool = False) -> None:
-    """Fine-tune, evaluate against the base model, register and promote (see module doc)."""
-    data = prepare_data(recipe)
+def llm_pipeline(recipe: LLMRecipe, resume: bool = False) -> None:
+    """Fine-tune through the recipe's stages, evaluate each policy against the base model, register and promote."""
+    data = prepare_data(recipe, resume)
     base_metrics = evaluate_base(recipe, data)
-    trained = finetune(recipe, data, resume, after=[base_metrics])
-    finetuned_metrics = evaluate_finetuned(recipe, data, trained)
-    promote(recipe, data, base_metrics, finetuned_metrics)
+    trained = TrainedStages()
+    for stage in recipe.stages:  # stages chain through `trained`; the first waits for the base evaluation
+        trained = train_stage(recipe, data, stage, trained, resume, id=f"train_{stage}", after=[base_metrics])
+        if STAGE_PRODUCES[stage] == "policy":
+            trained = evaluate_stage(recipe, data, trained, stage, id=f"evaluate_{stage}")
+    promote(recipe, data, base_metrics, trained)
 
 
-def run_zenml(recipe: dict, resume: bool = False) -> dict:
-    """Run :func:`llm_finetune_pipeline` on the active ZenML stack and collect every step's output.
-
-    Returns:
-        ``{"data", "base_metrics", "trained", "finetuned_metrics", "promotion"}``.
+def run_zenml(recipe: LLMRecipe, resume: bool = False) -> PipelineOutcome:
+    """Run :func:`llm_pipeline` on the active ZenML stack and collect its outputs.
 
     Raises:
         RuntimeError: the pipeline run did not complete.
     """
-    run = llm_finetune_pipeline(recipe=recipe, resume=resume)
-    if str(run.status) not in ("completed", "ExecutionStatus.COMPLETED"):
+    run = llm_pipeline(recipe=recipe, resume=resume)
+    if not str(run.status).lower().endswith("completed"):
         raise RuntimeError(f"ZenML pipeline run {run.name} ended with status {run.status}")
     load = lambda name: run.steps[name].output.load()  # noqa: E731
-    return {
-        "data": load("prepare_data"),
-        "base_metrics": load("evaluate_base"),
-        "trained": load("finetune"),
-        "finetuned_metrics": load("evaluate_finetuned"),
-        "promotion": load("promote"),
-    }
+    last = f"evaluate_{recipe.stages[-1]}" if STAGE_PRODUCES[recipe.stages[-1]] == "policy" else f"train_{recipe.stages[-1]}"
+    return PipelineOutcome(data=load("prepare_data"), base_metrics=load("evaluate_base"), trained=load(last),
+                           promotion=load("promote"))  # fmt: skip

@@ -1,38 +1,83 @@
-"""The LLM fine-tuning workflow as plain functions: prepare_data -> evaluate_base -> finetune ->
-evaluate_finetuned -> promote.
+"""The LLM workflow as plain functions: prepare_data -> evaluate_base -> (train_stage -> evaluate_stage)
+for each stage of the recipe -> promote.
 
-Each function takes and returns JSON-friendly dicts (paths, numbers), so the ZenML steps in
-``gamesense.pipelines.llm`` are one-line wrappers and the whole flow also runs (and is tested) without
-ZenML. All of them log into one MLflow run, whose id ``prepare_data`` returns.
+The same functions run in-process (:func:`run_local`, also under ``accelerate launch``) and as ZenML steps
+(:mod:`gamesense.pipelines.llm`); they pass typed objects (the recipe, :class:`PreparedData`,
+:class:`~gamesense.training.stages.StageResult`) and record the run in MLflow: one parent run per pipeline
+run (recipe, data counts, base and final metrics, promotion) and one nested run per stage (its TRL settings,
+loss curve, adapter, evaluation). Everything a run writes is under ``<workdir>/runs/<task>/<run_id>/``.
+
+``resume=True`` continues the newest unfinished run of the task: the same MLflow run, completed stages kept,
+the interrupted stage resumed from its last checkpoint.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
 from pathlib import Path
+from typing import Any
 
 import mlflow
 import yaml
+from pydantic import BaseModel
 
 from gamesense.config import LLMRecipe, resolve_data_path
-from gamesense.evaluation.runner import task_records
-from gamesense.registry.mlflow_store import (
-    CHAMPION,
-    decide_promotion,
-    get_version_by_alias,
-    set_alias,
-    setup_tracking,
-)
+from gamesense.registry.mlflow_store import attach_run, register_version, set_alias, setup_tracking
+from gamesense.registry.promotion import CHALLENGER, PromotionOutcome, promotion_gate
 from gamesense.settings import work_dir
 from gamesense.tasks import get_task
+from gamesense.tasks.base import Record, Task
+from gamesense.training.stages import STAGE_DATA, STAGE_PRODUCES, StageResult
 
 log = logging.getLogger(__name__)
 
 
-def _recipe(recipe: LLMRecipe | dict) -> LLMRecipe:
-    return recipe if isinstance(recipe, LLMRecipe) else LLMRecipe.model_validate(recipe)
+class PreparedData(BaseModel):
+    """The validated data of one pipeline run and where the run lives.
+
+    Attributes:
+        run_id: MLflow parent run; run_dir: ``<workdir>/runs/<task>/<run_id>``.
+        train: records per stage format (``sft``, ``preference``, ``prompts``) for the recipe's stages.
+        eval: ``static`` evaluation records (when the task evaluates statically) and held-out ``preference``
+            pairs (when a stage uses pairs).
+        eval_sha256: fingerprint of the evaluation records: scores on equal fingerprints are comparable.
+        counts: ``train_rows``, ``train_skipped_rows``, ``eval_rows``, ``eval_skipped_rows``.
+        resumed: this run continues an interrupted one.
+    """
+
+    run_id: str
+    run_dir: str
+    train_file: str
+    eval_file: str
+    eval_sha256: str
+    counts: dict[str, int]
+    train: dict[str, list[Record]]
+    eval: dict[str, list[Record]]
+    resumed: bool = False
+
+
+class TrainedStages(BaseModel):
+    """The stages trained so far, in order, with their MLflow nested runs and evaluations."""
+
+    results: list[StageResult] = []
+    run_ids: dict[str, str] = {}
+    evaluations: dict[str, dict[str, float]] = {}
+
+    def latest(self, produces: str) -> StageResult | None:
+        """The newest stage result that produced a ``policy`` or a ``reward_model``."""
+        return next((r for r in reversed(self.results) if r.produces == produces), None)
+
+
+def open_task(recipe: LLMRecipe) -> Task:
+    """The recipe's task with its options validated.
+
+    Raises:
+        LookupError: unknown task; RecipeError: bad ``task_options``.
+    """
+    return get_task(recipe.task, recipe.task_options)
 
 
 def _flatten(data: dict, prefix: str = "") -> dict[str, str]:
@@ -42,263 +87,327 @@ def _flatten(data: dict, prefix: str = "") -> dict[str, str]:
         if isinstance(value, dict):
             flat.update(_flatten(value, name + "."))
         else:
-            flat[name] = str(value)
+            flat[name] = str(value)[:500]
     return flat
 
 
-def _write_jsonl(path: Path, rows: list[dict]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("w") as handle:
-        for row in rows:
-            handle.write(json.dumps(row, ensure_ascii=False) + "\n")
+def _fingerprint(obj: Any) -> str:
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, ensure_ascii=False, default=str).encode()).hexdigest()
 
 
-def _read_jsonl(path: str | Path) -> list[dict]:
-    with Path(path).open() as handle:
-        return [json.loads(line) for line in handle if line.strip()]
+def _report_skipped(name: str, report) -> None:
+    if report.skipped:
+        log.warning("%s file %s: %d bad rows set aside:", name, report.path, len(report.skipped))
+        for line, reason in report.skipped[:20]:
+            log.warning("  line %d: %s", line, reason)
+    if not report.examples:
+        raise ValueError(f"{name} file {report.path}: no usable rows ({len(report.skipped)} set aside)")
 
 
-def prepare_data(recipe: LLMRecipe | dict) -> dict:
-    """Load and validate the training and evaluation files, start the MLflow run, log the recipe.
+def _last_run_file(task_name: str) -> Path:
+    return work_dir() / "runs" / task_name / "last_run.json"
 
-    Rows that are empty or whose target does not parse are reported with their line numbers, counted
-    (``train_skipped_rows``, ``eval_skipped_rows``) and left out.
 
-    Returns:
-        ``{run_id, run_dir, train_path, eval_path, eval_sha256, train_rows, eval_rows, ...}``; the JSONL files
-        hold ``{"line", "prompt", "completion"}`` records.
+def _unfinished_run(task_name: str) -> str | None:
+    """The MLflow run id of the task's newest run if it did not finish, else None."""
+    path = _last_run_file(task_name)
+    if not path.is_file():
+        return None
+    state = json.loads(path.read_text())
+    return None if state.get("finished") else state.get("run_id")
+
+
+def prepare_data(recipe: LLMRecipe, resume: bool = False) -> PreparedData:
+    """Load and validate the training and evaluation files, build every record the stages and evaluations
+    need, start (or, with ``resume``, reopen) the MLflow parent run and log the recipe and data counts.
+
+    Rows the task rejects are reported with their line numbers, counted (``train_skipped_rows``,
+    ``eval_skipped_rows``) and set aside; the list is logged as ``data/skipped_rows.json``.
 
     Raises:
-        the task's ``DataError``: missing file or wrong columns; ValueError: no usable row.
+        the task's ``DataError``: missing file or wrong columns; ValueError: no usable row;
+        NotImplementedError: a stage needs records the task cannot build.
     """
-    recipe = _recipe(recipe)
-    task = get_task(recipe.task)
+    task = open_task(recipe)
     setup_tracking(recipe.registry.tracking_uri, recipe.registry.experiment)
     train_file = resolve_data_path(recipe.data.train_file)
     eval_file = resolve_data_path(recipe.data.eval_file)
     train = task.load(train_file, recipe.data.max_train_rows)
     evaluation = task.load(eval_file, recipe.data.max_eval_rows)
-    for name, report in (("train", train), ("eval", evaluation)):
-        if report.skipped:
-            log.warning("%s file %s: %d bad rows skipped:", name, report.path, len(report.skipped))
-            for line, reason in report.skipped[:20]:
-                log.warning("  line %d: %s", line, reason)
-        if not report.examples:
-            raise ValueError(f"{name} file {report.path}: no usable rows ({len(report.skipped)} skipped)")
+    _report_skipped("train", train)
+    _report_skipped("eval", evaluation)
 
-    run = mlflow.start_run(run_name=f"{recipe.task}-lora")
-    run_dir = work_dir() / "runs" / recipe.task / run.info.run_id
-    system_prompt = recipe.system_prompt
+    from gamesense.training.stages import stage_records
 
-    train_path, eval_path = run_dir / "data" / "train.jsonl", run_dir / "data" / "eval.jsonl"
-    _write_jsonl(train_path, task_records(task, train.examples, system_prompt))
-    _write_jsonl(eval_path, task_records(task, evaluation.examples, system_prompt))
-    eval_sha = hashlib.sha256(eval_path.read_bytes()).hexdigest()
-    summary = {
-        "run_id": run.info.run_id,
-        "run_dir": str(run_dir),
-        "train_path": str(train_path),
-        "eval_path": str(eval_path),
-        "eval_file": str(eval_file),
-        "eval_sha256": eval_sha,
-        "train_rows": len(train.examples),
-        "train_skipped_rows": len(train.skipped),
-        "eval_rows": len(evaluation.examples),
-        "eval_skipped_rows": len(evaluation.skipped),
-    }
-    mlflow.log_params(_flatten(recipe.model_dump()))
-    mlflow.log_text(yaml.safe_dump(recipe.model_dump(), sort_keys=False), "recipe.yaml")
-    mlflow.log_metrics({k: float(summary[k]) for k in ("train_rows", "train_skipped_rows", "eval_rows", "eval_skipped_rows")})
-    mlflow.log_dict({"train": train.skipped, "eval": evaluation.skipped}, "data/skipped_rows.json")
-    mlflow.set_tags({"gamesense.task": recipe.task, "eval_file": str(eval_file), "eval_sha256": eval_sha})
+    train_records = {STAGE_DATA[s]: stage_records(s, task, train.examples) for s in recipe.stages}
+    eval_records: dict[str, list[Record]] = {}
+    if "static" in task.evaluation:
+        eval_records["static"] = task.eval_records(evaluation.examples)
+    if "preference" in train_records:
+        eval_records["preference"] = task.preference_records(evaluation.examples)
+
+    previous = _unfinished_run(task.name) if resume else None
+    if resume and previous is None:
+        log.warning("--resume: no unfinished %s run found, starting a new one", task.name)
+    run = mlflow.start_run(run_id=previous) if previous else mlflow.start_run(run_name=f"{task.name}-{'-'.join(recipe.stages)}")
+    run_dir = work_dir() / "runs" / task.name / run.info.run_id
+    run_dir.mkdir(parents=True, exist_ok=True)
+    counts = {"train_rows": len(train.examples), "train_skipped_rows": len(train.skipped),
+              "eval_rows": len(evaluation.examples), "eval_skipped_rows": len(evaluation.skipped)}  # fmt: skip
+    eval_sha = _fingerprint(eval_records)
+    if previous is None:
+        mlflow.log_params(_flatten(recipe.model_dump(exclude={"sft", "reward", "dpo", "grpo"})))
+        mlflow.log_text(yaml.safe_dump(recipe.model_dump(), sort_keys=False), "recipe.yaml")
+        mlflow.log_metrics({k: float(v) for k, v in counts.items()})
+        mlflow.log_dict({"train": train.skipped, "eval": evaluation.skipped}, "data/skipped_rows.json")
+        mlflow.set_tags({"gamesense.task": task.name, "eval_file": str(eval_file), "eval_sha256": eval_sha})
     mlflow.end_run()
-    return summary
+    _last_run_file(task.name).write_text(json.dumps({"run_id": run.info.run_id, "run_dir": str(run_dir), "finished": False}))
+    return PreparedData(run_id=run.info.run_id, run_dir=str(run_dir), train_file=str(train_file), eval_file=str(eval_file),
+                        eval_sha256=eval_sha, counts=counts, train=train_records, eval=eval_records,
+                        resumed=previous is not None)  # fmt: skip
 
 
-def evaluate_model_on_records(recipe: LLMRecipe, model_ref: str, eval_path: str | Path, predictions_path: Path, desc: str) -> dict:
-    """Load ``model_ref`` and score it on prepared evaluation records; returns the metrics dict."""
-    from gamesense.evaluation.runner import evaluate_records
+def evaluate_on_data(recipe: LLMRecipe, task: Task, model_ref: str, data: PreparedData, out_dir: Path, label: str):
+    """Load ``model_ref`` and run the task's evaluations on the prepared evaluation records.
+
+    Returns:
+        :class:`~gamesense.evaluation.runner.EvalResult`.
+    """
+    from gamesense.evaluation.runner import evaluate_model
     from gamesense.models.refs import load_for_inference
 
-    result = evaluate_records(
-        load_for_inference(model_ref), get_task(recipe.task), _read_jsonl(eval_path), predictions_path,
-        max_new_tokens=recipe.generation.max_new_tokens, batch_size=recipe.generation.batch_size, desc=desc,
-    )
-    return result.metrics
+    model = load_for_inference(model_ref, dtype=recipe.model.dtype)
+    return evaluate_model(model, task, data.eval.get("static"), out_dir, recipe.generation.max_new_tokens,
+                          recipe.generation.batch_size, label=label)  # fmt: skip
 
 
-def evaluate_base(recipe: LLMRecipe | dict, data: dict) -> dict:
-    """Score the base model on the evaluation records (cached by base model, data and generation settings,
-    since the base model does not change between runs). Logs ``base_*`` metrics and predictions.
+def _log_evaluation(result, prefix: str = "", artifact_dir: str = "predictions") -> None:
+    mlflow.log_metrics({f"{prefix}{k}": float(v) for k, v in result.metrics.items()})
+    if result.predictions_path is not None:
+        mlflow.log_artifact(str(result.predictions_path), artifact_dir)
+    for path in result.artifacts.values():
+        mlflow.log_artifact(str(path), "rollout")
+
+
+def evaluate_base(recipe: LLMRecipe, data: PreparedData) -> dict[str, float]:
+    """Score the base model on the evaluation data (cached by task, options, base model, evaluation records
+    and decoding settings: the base model does not change between runs). Logs ``base_*`` metrics.
 
     Returns:
         the base model's metrics.
     """
-    recipe = _recipe(recipe)
-    key = hashlib.sha256(
-        json.dumps([recipe.model.base, data["eval_sha256"], recipe.generation.model_dump()]).encode()
-    ).hexdigest()[:16]
+    from gamesense.evaluation.runner import EvalResult
+
+    task = open_task(recipe)
+    key = _fingerprint([task.name, recipe.task_options, recipe.model.base, recipe.model.dtype, data.eval_sha256,
+                        recipe.generation.model_dump()])[:16]  # fmt: skip
     cache_dir = work_dir() / "cache" / "base_eval" / key
-    predictions = cache_dir / "predictions.jsonl"
-    if (cache_dir / "metrics.json").is_file() and predictions.is_file():
-        metrics = json.loads((cache_dir / "metrics.json").read_text())
-        log.info("base model evaluation reused from %s", cache_dir)
+    if (cache_dir / "metrics.json").is_file():
+        predictions = cache_dir / "predictions.jsonl"
+        result = EvalResult(json.loads((cache_dir / "metrics.json").read_text()),
+                            predictions if predictions.is_file() else None)  # fmt: skip
+        log.info("base model evaluation: cached (%s)", cache_dir)
     else:
-        metrics = evaluate_model_on_records(recipe, recipe.model.base, data["eval_path"], predictions, "evaluate base")
-        (cache_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
+        result = evaluate_on_data(recipe, task, recipe.model.base, data, cache_dir, "base")
+        (cache_dir / "metrics.json").write_text(json.dumps(result.metrics))
     setup_tracking(recipe.registry.tracking_uri, recipe.registry.experiment)
-    with mlflow.start_run(run_id=data["run_id"]):
-        mlflow.log_metrics({f"base_{k}": float(v) for k, v in metrics.items()})
-        mlflow.log_artifact(str(predictions), "predictions/base")
-    return metrics
+    with attach_run(data.run_id):
+        _log_evaluation(result, "base_", "predictions/base")
+    return result.metrics
 
 
-def finetune_adapter(recipe: LLMRecipe | dict, data: dict, resume: bool = False) -> dict:
-    """LoRA SFT on the prepared training records; logs train metrics, the loss curve (metric history and
-    PNG) and the PEFT adapter (artifact path ``adapter``).
+def _stage_run(data: PreparedData, stage: str, stage_dir: Path, settings: dict[str, Any]):
+    """The stage's nested MLflow run: reopened when a resumed stage has one, else started with the stage's
+    TRL settings as params (params are immutable: a resumed stage's changed settings go to
+    ``settings_resumed.json``)."""
+    id_file = stage_dir / "mlflow_run_id"
+    if id_file.is_file():
+        run = mlflow.start_run(run_id=id_file.read_text().strip(), nested=True)
+        mlflow.log_dict(settings, "settings_resumed.json")
+        return run
+    run = mlflow.start_run(run_name=stage, nested=True, parent_run_id=data.run_id)
+    id_file.write_text(run.info.run_id)
+    mlflow.log_params({f"{stage}.{k}": str(v)[:500] for k, v in settings.items()})
+    return run
+
+
+def train_stage(recipe: LLMRecipe, data: PreparedData, stage: str, trained: TrainedStages,
+                resume: bool = False, show_progress: bool = True) -> TrainedStages:  # fmt: skip
+    """Train ``stage`` on the prepared records, continuing the newest policy adapter; log its settings,
+    metrics, loss curve and adapter in a nested MLflow run. A stage that finished in a resumed run is not
+    trained again.
 
     Returns:
-        ``{adapter_dir, metrics}``.
+        ``trained`` with this stage appended.
     """
-    from gamesense.training.sft import finetune
     from gamesense.plots import plot_loss_curve
+    from gamesense.training.stages import StageInputs, train_stage as run_trainer
 
-    recipe = _recipe(recipe)
-    records = [{"prompt": r["prompt"], "completion": r["completion"]} for r in _read_jsonl(data["train_path"])]
-    result = finetune(recipe, records, resume=resume)
-    if not result.is_main_process:
-        return {"adapter_dir": str(result.adapter_dir), "metrics": result.metrics}
+    task = open_task(recipe)
+    stage_dir = Path(data.run_dir) / stage
+    stage_dir.mkdir(parents=True, exist_ok=True)
+    done_file = stage_dir / "result.json"
+    out = trained.model_copy(deep=True)
+    if data.resumed and done_file.is_file():
+        log.info("stage %s finished in the resumed run: kept", stage)
+        out.results.append(StageResult.model_validate_json(done_file.read_text()))
+        out.run_ids[stage] = (stage_dir / "mlflow_run_id").read_text().strip()
+        return out
+
+    policy, reward = trained.latest("policy"), trained.latest("reward_model")
+    inputs = StageInputs(
+        recipe=recipe, task=task, train_records=data.train[STAGE_DATA[stage]], stage_dir=stage_dir,
+        eval_records=data.eval.get("preference") if stage == "reward" else None,
+        policy_adapter=Path(policy.adapter_dir) if policy else None,
+        reward_adapter=Path(reward.adapter_dir) if reward else None,
+        resume=resume or data.resumed, show_progress=show_progress,
+    )  # fmt: skip
+    from accelerate import PartialState
+
+    main = PartialState().is_main_process  # under DDP the other ranks train and log nothing
     setup_tracking(recipe.registry.tracking_uri, recipe.registry.experiment)
-    with mlflow.start_run(run_id=data["run_id"]):
+    with contextlib.ExitStack() as stack:
+        if main:
+            stack.enter_context(attach_run(data.run_id))
+            run = stack.enter_context(_stage_run(data, stage, stage_dir, recipe.stage_settings(stage)))
+            out.run_ids[stage] = run.info.run_id
+        result = run_trainer(stage, inputs)
+        if not main:
+            out.results.append(result)
+            return out
         mlflow.log_metrics(result.metrics)
         for rec in result.log_history:
             if "loss" in rec:
                 mlflow.log_metric("loss", float(rec["loss"]), step=int(rec["step"]))
-        png = plot_loss_curve(result.log_history, Path(data["run_dir"]) / "loss_curve.png")
+        png = plot_loss_curve(result.log_history, stage_dir / "loss_curve.png", title=f"{stage} loss")
         mlflow.log_artifact(str(png))
-        mlflow.log_artifacts(str(result.adapter_dir), "adapter")
-    return {"adapter_dir": str(result.adapter_dir), "metrics": result.metrics}
+        mlflow.log_artifacts(result.adapter_dir, "adapter")
+    with attach_run(data.run_id):
+        mlflow.log_metrics({f"{stage}_{k}": v for k, v in result.metrics.items()})
+    done_file.write_text(result.model_dump_json())
+    out.results.append(result)
+    return out
 
 
-def evaluate_finetuned(recipe: LLMRecipe | dict, data: dict, trained: dict) -> dict:
-    """Score the fine-tuned adapter on the same evaluation records; logs ``finetuned_*`` metrics.
+def evaluate_stage(recipe: LLMRecipe, data: PreparedData, trained: TrainedStages, stage: str) -> TrainedStages:
+    """Evaluate the policy a stage produced on the evaluation data; logged in the stage's nested run and,
+    prefixed ``<stage>_``, in the parent run.
 
     Returns:
-        the fine-tuned model's metrics.
+        ``trained`` with ``evaluations[stage]`` set.
     """
-    recipe = _recipe(recipe)
-    predictions = Path(data["run_dir"]) / "predictions_finetuned.jsonl"
-    metrics = evaluate_model_on_records(recipe, trained["adapter_dir"], data["eval_path"], predictions, "evaluate fine-tuned")
+    task = open_task(recipe)
+    result = next(r for r in trained.results if r.stage == stage)
+    stage_dir = Path(data.run_dir) / stage
+    evaluation = evaluate_on_data(recipe, task, result.adapter_dir, data, stage_dir, stage)
     setup_tracking(recipe.registry.tracking_uri, recipe.registry.experiment)
-    with mlflow.start_run(run_id=data["run_id"]):
-        mlflow.log_metrics({f"finetuned_{k}": float(v) for k, v in metrics.items()})
-        mlflow.log_artifact(str(predictions), "predictions/finetuned")
-    return metrics
+    with attach_run(data.run_id):
+        with mlflow.start_run(run_id=trained.run_ids[stage], nested=True):
+            _log_evaluation(evaluation)
+        mlflow.log_metrics({f"{stage}_{k}": float(v) for k, v in evaluation.metrics.items()})
+    out = trained.model_copy(deep=True)
+    out.evaluations[stage] = evaluation.metrics
+    return out
 
 
-def champion_score(recipe: LLMRecipe, data: dict) -> tuple[str | None, float | None]:
-    """The current champion's score on this evaluation data: read from its version tags when it was
-    evaluated on byte-identical data, else measured now.
+def gate_metric(recipe: LLMRecipe, task: Task) -> str:
+    """The promotion metric: the recipe's ``registry.metric`` or the task's gate metric."""
+    return recipe.registry.metric or task.gate_metric
 
-    Returns:
-        ``(label, score)``, e.g. ``("champion v3", 0.61)``, or ``(None, None)`` without a champion.
-    """
-    name, metric = recipe.registry.model_name, recipe.registry.metric
-    champion = get_version_by_alias(name, CHAMPION)
-    if champion is None:
-        return None, None
-    label = f"champion v{champion.version}"
+
+def champion_score(recipe: LLMRecipe, task: Task, data: PreparedData, champion) -> float:
+    """The champion's gate metric on this evaluation data: read from its version tags when it was evaluated
+    on identical records, else measured now."""
+    metric = gate_metric(recipe, task)
     tags = champion.tags or {}
-    if tags.get("eval_sha256") == data["eval_sha256"] and metric in tags:
-        return label, float(tags[metric])
-    log.info("%s was evaluated on other data: evaluating it on %s", label, data["eval_file"])
-    predictions = Path(data["run_dir"]) / "predictions_champion.jsonl"
-    metrics = evaluate_model_on_records(recipe, f"models:/{name}/{champion.version}", data["eval_path"], predictions, f"evaluate {label}")
-    return label, float(metrics[metric])
+    if tags.get("eval_sha256") == data.eval_sha256 and metric in tags:
+        return float(tags[metric])
+    label = f"champion v{champion.version}"
+    log.info("%s was evaluated on other data: evaluating it on %s", label, data.eval_file)
+    result = evaluate_on_data(recipe, task, f"models:/{champion.name}/{champion.version}", data,
+                              Path(data.run_dir) / f"champion-v{champion.version}", label)  # fmt: skip
+    return float(result.metrics[metric])
 
 
-def promote(recipe: LLMRecipe | dict, data: dict, base_metrics: dict, finetuned_metrics: dict) -> dict:
-    """Register the run's adapter as a new version of ``registry.model_name`` and apply the promotion gate:
-    alias ``champion`` only if it beats the base model and the current champion on ``registry.metric`` on
-    the same evaluation data, else ``challenger``. The decision and its reason are logged on the run
-    (tags + ``promotion.json``) and on the model version (tags).
-
-    Returns:
-        ``{model_name, version, alias, promoted, reason, metric, candidate, baselines}``.
+def promote(recipe: LLMRecipe, data: PreparedData, base_metrics: dict[str, float], trained: TrainedStages) -> PromotionOutcome:
+    """Register the final policy adapter as a new version of ``registry.model_name`` (alias ``challenger``) and
+    run the promotion gate: ``champion`` only if it beats the base model and the current champion on the
+    gate metric on the same evaluation data. The outcome is logged on the parent run (tags +
+    ``promotion.json``) and on the version (tags).
 
     Raises:
-        KeyError: ``registry.metric`` is not a metric of this task.
+        KeyError: the gate metric is not a metric of this task's evaluation.
+        ValueError: no stage produced a policy.
     """
-    from mlflow import MlflowClient
-
-    recipe = _recipe(recipe)
-    metric = recipe.registry.metric
-    if metric not in finetuned_metrics:
-        raise KeyError(f"registry.metric {metric!r} is not computed; available: {', '.join(sorted(finetuned_metrics))}")
+    task = open_task(recipe)
+    metric = gate_metric(recipe, task)
+    final = trained.latest("policy")
+    if final is None:
+        raise ValueError(f"stages {recipe.stages} produced no policy to register")
+    metrics = trained.evaluations[final.stage]
+    if metric not in metrics:
+        raise KeyError(f"gate metric {metric!r} is not computed; available: {', '.join(sorted(metrics))}")
     setup_tracking(recipe.registry.tracking_uri, recipe.registry.experiment)
-    label, champion = champion_score(recipe, data)
-    baselines = {"base model": base_metrics.get(metric)}
-    if label:
-        baselines[label] = champion
-    decision = decide_promotion(metric, float(finetuned_metrics[metric]), baselines)
-
-    client = MlflowClient()
     name = recipe.registry.model_name
-    try:
-        client.get_registered_model(name)
-    except mlflow.exceptions.MlflowException:
-        client.create_registered_model(name, description=f"GameSense LoRA adapter for the {recipe.task} task")
-    run = client.get_run(data["run_id"])
-    tags = {k: f"{float(v):.6f}" for k, v in finetuned_metrics.items()}
-    tags.update({"eval_sha256": data["eval_sha256"], "eval_file": data["eval_file"], "base_model": recipe.model.base,
-                 "task": recipe.task, "promotion_reason": decision.reason})
-    version = client.create_model_version(
-        name, source=f"{run.info.artifact_uri}/adapter", run_id=data["run_id"], tags=tags
-    )
-    set_alias(name, version.version, decision.alias)
-    outcome = {
-        "model_name": name,
-        "version": str(version.version),
-        "alias": decision.alias,
-        "promoted": decision.promote,
-        "reason": decision.reason,
-        "metric": metric,
-        "candidate": decision.candidate,
-        "baselines": decision.baselines,
-    }
-    with mlflow.start_run(run_id=data["run_id"]):
-        mlflow.set_tags({"promotion.alias": decision.alias, "promotion.reason": decision.reason,
-                         "registered_version": str(version.version)})
-        mlflow.log_dict(outcome, "promotion.json")
+    tags = {k: f"{float(v):.6f}" for k, v in metrics.items()}
+    tags.update({"eval_sha256": data.eval_sha256, "eval_file": data.eval_file, "base_model": recipe.model.base,
+                 "task": task.name, "stages": ",".join(recipe.stages), "gate_metric": metric})  # fmt: skip
+    source = f"{mlflow.get_run(trained.run_ids[final.stage]).info.artifact_uri}/adapter"
+    version = register_version(name, source, trained.run_ids[final.stage], tags,
+                               description=f"GameSense LoRA adapter for the {task.name} task")  # fmt: skip
+    set_alias(name, version.version, CHALLENGER)
+    outcome = promotion_gate(
+        name, str(version.version), metric, float(metrics[metric]),
+        champion_score=lambda champion: champion_score(recipe, task, data, champion),
+        baselines={"base model": base_metrics.get(metric)}, higher_is_better=task.higher_is_better,
+        min_delta=recipe.registry.min_delta, audit={"run_id": data.run_id, "eval_file": data.eval_file},
+    )  # fmt: skip
+    with attach_run(data.run_id):
+        mlflow.log_metrics({f"finetuned_{k}": float(v) for k, v in metrics.items()})
+        mlflow.set_tags({"promotion.alias": outcome.alias, "promotion.reason": outcome.reason[:5000],
+                         "registered_version": outcome.version})  # fmt: skip
+        mlflow.log_dict(outcome.to_dict(), "promotion.json")
+    _last_run_file(task.name).write_text(json.dumps({"run_id": data.run_id, "run_dir": data.run_dir, "finished": True}))
     return outcome
 
 
-def run_local(recipe: LLMRecipe | dict, resume: bool = False) -> dict | None:
-    """The same five steps as the ZenML pipeline, as plain calls in this process.
+class PipelineOutcome(BaseModel):
+    """Everything one pipeline run produced (what the CLI summarises)."""
+
+    data: PreparedData
+    base_metrics: dict[str, float]
+    trained: TrainedStages
+    promotion: dict[str, Any]
+
+
+def run_local(recipe: LLMRecipe, resume: bool = False) -> PipelineOutcome | None:
+    """The ZenML pipeline's steps as plain calls in this process; the MLflow parent run stays open from the
+    base evaluation to the promotion.
 
     Under ``accelerate launch`` (several processes), every process trains on its shard (DDP) while the main
     process alone prepares the data, evaluates, registers and promotes; the others return None.
-
-    Returns:
-        ``{"data", "base_metrics", "trained", "finetuned_metrics", "promotion"}`` (main process).
     """
     from accelerate import PartialState
     from accelerate.utils import broadcast_object_list
 
-    recipe = _recipe(recipe)
     state = PartialState()
-    shared = [None]
-    if state.is_main_process:
-        data = prepare_data(recipe)
-        shared = [(data, evaluate_base(recipe, data))]
-    if state.num_processes > 1:
-        shared = broadcast_object_list(shared)
-    data, base_metrics = shared[0]
-    trained = finetune_adapter(recipe, data, resume=resume)
-    state.wait_for_everyone()
-    if not state.is_main_process:
-        return None
-    finetuned_metrics = evaluate_finetuned(recipe, data, trained)
-    promotion = promote(recipe, data, base_metrics, finetuned_metrics)
-    return {"data": data, "base_metrics": base_metrics, "trained": trained,
-            "finetuned_metrics": finetuned_metrics, "promotion": promotion}
+    shared: list = [None]
+    with contextlib.ExitStack() as stack:
+        if state.is_main_process:
+            data = prepare_data(recipe, resume)
+            stack.enter_context(attach_run(data.run_id))
+            shared = [(data, evaluate_base(recipe, data))]
+        if state.num_processes > 1:
+            shared = broadcast_object_list(shared)
+        data, base_metrics = shared[0]
+        trained = TrainedStages()
+        for stage in recipe.stages:
+            trained = train_stage(recipe, data, stage, trained, resume=resume)
+            state.wait_for_everyone()
+            if state.is_main_process and STAGE_PRODUCES[stage] == "policy":
+                trained = evaluate_stage(recipe, data, trained, stage)
+        if not state.is_main_process:
+            return None
+        promotion = promote(recipe, data, base_metrics, trained)
+    return PipelineOutcome(data=data, base_metrics=base_metrics, trained=trained, promotion=promotion.to_dict())

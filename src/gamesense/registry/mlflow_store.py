@@ -1,4 +1,4 @@
-"""MLflow helpers shared by every GameSense model.
+"""MLflow helpers shared by every GameSense model: store set-up, runs, versions, aliases.
 
 Default store: SQLite ``<workdir>/mlflow.db`` with artifacts under ``<workdir>/mlartifacts`` (no server
 needed); a ``tracking_uri`` (``http://mlflow:5000``, ``databricks``, ...) points everything at a remote
@@ -7,19 +7,17 @@ server instead. Aliases follow MLflow's registry API: ``champion`` serves, ``cha
 
 from __future__ import annotations
 
-import math
 import os
-from dataclasses import dataclass
+from contextlib import contextmanager
 from pathlib import Path
 
 import mlflow
 from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
 
+from gamesense.registry.refs import RegistryRef
 from gamesense.settings import work_dir
 
-CHAMPION = "champion"
-CHALLENGER = "challenger"
 
 os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
 
@@ -94,59 +92,60 @@ def list_model_versions(model_name: str | None = None) -> list[dict]:
     return rows
 
 
-@dataclass(frozen=True)
-class PromotionDecision:
-    """Outcome of the promotion gate: ``alias`` is ``champion`` when ``promote`` else ``challenger``."""
+def resolve_version(ref: RegistryRef):
+    """The ``ModelVersion`` a registry reference points at now.
 
-    promote: bool
-    reason: str
-    metric: str
-    candidate: float
-    baselines: dict[str, float | None]
+    Raises:
+        LookupError: unknown model, alias or version (the message names the reference).
+    """
+    client = MlflowClient()
+    try:
+        if ref.version is not None:
+            return client.get_model_version(ref.name, ref.version)
+        return client.get_model_version_by_alias(ref.name, ref.alias)
+    except MlflowException as err:
+        raise LookupError(f"model reference {ref.uri!r} not found in the registry: {err.message}") from None
 
-    @property
-    def alias(self) -> str:
-        return CHAMPION if self.promote else CHALLENGER
+
+def download_version(version, dst: str | Path | None = None) -> Path:
+    """Download the artifacts of a ``ModelVersion`` and return the local path."""
+    return Path(mlflow.artifacts.download_artifacts(artifact_uri=version.source, dst_path=str(dst) if dst else None))
 
 
-def decide_promotion(
-    metric: str,
-    candidate: float,
-    baselines: dict[str, float | None],
-    higher_is_better: bool = True,
-    min_delta: float = 0.0,
-) -> PromotionDecision:
-    """Promotion gate: promote only when the candidate strictly beats every baseline by more than ``min_delta``.
+def register_version(model_name: str, source: str, run_id: str | None, tags: dict[str, str], description: str = ""):
+    """Create a new version of ``model_name`` (creating the registered model on first use).
 
     Args:
-        metric: name of the metric compared (for the reason text).
-        candidate: the new model's score on the evaluation data.
-        baselines: named scores on the same data, e.g. ``{"base model": 0.02, "champion v3": 0.61}``;
-            a None value (no champion yet) is skipped.
+        source: artifact URI of the model files (e.g. ``<run artifact uri>/adapter``).
+        tags: version tags (metrics, evaluation data fingerprint, task).
 
     Returns:
-        A :class:`PromotionDecision` whose ``reason`` states every comparison.
+        The new ``ModelVersion``.
     """
-    if candidate is None or (isinstance(candidate, float) and math.isnan(candidate)):
-        return PromotionDecision(False, f"candidate has no {metric}", metric, float("nan"), baselines)
-    parts, beats_all = [], True
-    for name, score in baselines.items():
-        if score is None:
-            parts.append(f"no {name}")
-            continue
-        delta = (candidate - score) if higher_is_better else (score - candidate)
-        ok = delta > min_delta
-        beats_all &= ok
-        parts.append(f"{'beats' if ok else 'does not beat'} {name} ({candidate:.4f} vs {score:.4f})")
-    verdict = "promoted to champion" if beats_all else "kept as challenger"
-    return PromotionDecision(beats_all, f"{metric}: " + "; ".join(parts) + f" -> {verdict}", metric, candidate, baselines)
-
-
-def download_version(model_name: str, version_or_alias: str, dst: str | Path | None = None) -> Path:
-    """Download the artifacts of a registered version (by number or alias) and return the local path."""
     client = MlflowClient()
-    if str(version_or_alias).isdigit():
-        mv = client.get_model_version(model_name, str(version_or_alias))
-    else:
-        mv = client.get_model_version_by_alias(model_name, version_or_alias)
-    return Path(mlflow.artifacts.download_artifacts(artifact_uri=mv.source, dst_path=str(dst) if dst else None))
+    try:
+        client.get_registered_model(model_name)
+    except MlflowException:
+        try:
+            client.create_registered_model(model_name, description=description)
+        except MlflowException:  # created concurrently
+            pass
+    return client.create_model_version(model_name, source=source, run_id=run_id, tags=tags)
+
+
+def is_local_store(uri: str | None = None) -> bool:
+    """True when the tracking store is a file or SQLite store on this machine (locks work across processes)."""
+    uri = uri or mlflow.get_tracking_uri()
+    return uri.startswith(("sqlite:", "file:", "/")) or "://" not in uri
+
+
+@contextmanager
+def attach_run(run_id: str):
+    """Make ``run_id`` the active MLflow run: a no-op when it already is (one open run for a whole in-process
+    pipeline), else reopened for the duration (a pipeline step in another process)."""
+    active = mlflow.active_run()
+    if active is not None and active.info.run_id == run_id:
+        yield active
+        return
+    with mlflow.start_run(run_id=run_id) as run:
+        yield run

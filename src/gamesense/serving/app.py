@@ -10,10 +10,9 @@ Endpoints: ``POST /v1/engagement/predict``, ``GET /healthz``, ``GET /metrics``, 
 from __future__ import annotations
 
 import logging
-import threading
 import time
 from contextlib import asynccontextmanager
-from typing import Any, Callable, Literal
+from typing import Any, Literal
 
 import numpy as np
 import pandas as pd
@@ -23,6 +22,7 @@ from fastapi.exceptions import RequestValidationError
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from pydantic import BaseModel, ConfigDict, Field, create_model
 
+from gamesense.serving.holder import AliasFollower, registry_follower
 from gamesense.tasks import engagement as task
 
 log = logging.getLogger(__name__)
@@ -66,91 +66,23 @@ class PredictResponse(BaseModel):
     predictions: list[PlayerPrediction]
 
 
-class ModelHolder:
-    """Holds the served model and keeps it in step with a registry alias.
-
-    Args:
-        loader: ``loader(ref) -> LoadedModel`` where ref is a version number.
-        resolver: ``resolver() -> version or None``: which version the alias points at now.
-        interval_s: polling period of the background thread.
-    """
-
-    def __init__(self, loader: Callable[[str], Any], resolver: Callable[[], str | None], interval_s: float = 5.0):
-        self.loader, self.resolver, self.interval_s = loader, resolver, interval_s
-        self.model = None
-        self.last_error: str | None = None
-        self.last_check = 0.0
-        self.on_reload: Callable[[Any], None] | None = None
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
-        self._lock = threading.Lock()
-
-    def refresh(self) -> bool:
-        """Check the alias now; load and swap when it moved. Returns True when a new model was loaded."""
-        with self._lock:
-            self.last_check = time.time()
-            try:
-                version = self.resolver()
-                if version is None:
-                    self.last_error = "alias not set: no model to serve yet"
-                    return False
-                if self.model is not None and str(self.model.version) == str(version):
-                    return False
-                model = self.loader(str(version))
-            except Exception as err:  # keep serving the old model; report on /healthz
-                self.last_error = f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}"
-                log.warning("model refresh failed: %s", self.last_error)
-                return False
-            self.model, self.last_error = model, None
-        if self.on_reload:
-            self.on_reload(model)
-        log.info("serving %s version %s", model.name, model.version)
-        return True
-
-    def start(self) -> None:
-        """Load now and start the polling thread (daemon)."""
-        self.refresh()
-        self._stop.clear()
-        self._thread = threading.Thread(target=self._loop, name="model-reload", daemon=True)
-        self._thread.start()
-
-    def stop(self) -> None:
-        self._stop.set()
-        if self._thread:
-            self._thread.join(timeout=5)
-
-    def _loop(self) -> None:
-        while not self._stop.wait(self.interval_s):
-            self.refresh()
-
-
-def registry_holder(model_name: str, alias: str, tracking_uri: str | None, interval_s: float) -> ModelHolder:
-    """A :class:`ModelHolder` backed by the MLflow registry."""
-    from gamesense.registry.mlflow_store import get_version_by_alias, setup_tracking
-    from gamesense.training.tabular import load_model
-
-    setup_tracking(tracking_uri)
-
-    def resolver() -> str | None:
-        mv = get_version_by_alias(model_name, alias)
-        return str(mv.version) if mv is not None else None
-
-    return ModelHolder(lambda version: load_model(model_name, version), resolver, interval_s)
-
-
 def create_app(
     model_name: str = "gamesense-engagement",
     alias: str = "champion",
     tracking_uri: str | None = None,
     reload_interval_s: float = 5.0,
-    holder: ModelHolder | None = None,
+    holder: AliasFollower | None = None,
 ) -> FastAPI:
     """Build the API. The model is loaded at startup (lifespan) and followed by ``holder`` (default: the
     MLflow registry alias ``alias`` of ``model_name``, polled every ``reload_interval_s`` seconds).
 
     Until a model exists, ``/v1/engagement/predict`` answers 503 and ``/healthz`` says why.
     """
-    holder = holder or registry_holder(model_name, alias, tracking_uri, reload_interval_s)
+    if holder is None:
+        from gamesense.serving.tabular import load_tabular_model
+
+        holder = registry_follower(model_name, alias, lambda version: load_tabular_model(model_name, version),
+                                   tracking_uri, reload_interval_s)  # fmt: skip
     registry = CollectorRegistry()
     requests = Counter("gamesense_requests_total", "HTTP requests", ["endpoint", "status"], registry=registry)
     latency = Histogram("gamesense_request_latency_seconds", "predict latency (in-process)", ["endpoint"],

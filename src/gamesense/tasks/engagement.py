@@ -4,7 +4,6 @@
 - feature lists and the engineered feature (weekly play minutes),
 - the scikit-learn / LightGBM pipeline builders and the baselines,
 - metrics and plots,
-- :class:`FastPredictor`, a vectorised predict path equivalent to the fitted pipeline (for throughput).
 
 Data: ``online_gaming_behavior.csv`` (Kaggle "Predict Online Gaming Behavior", simulated). ``PlayerID`` is
 an identifier and is never a feature.
@@ -318,27 +317,10 @@ def compute_metrics(y_true, y_pred) -> dict[str, Any]:
 
 
 def plot_confusion_matrix(cm: list[list[int]], path: str | Path, title: str = "Confusion matrix") -> Path:
-    """Save a confusion-matrix heatmap (PNG)."""
-    import matplotlib
+    """Save a confusion-matrix heatmap (PNG) in :data:`CLASSES` order."""
+    from gamesense.plots import plot_confusion_matrix as plot
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    arr = np.asarray(cm)
-    fig, ax = plt.subplots(figsize=(4.5, 4))
-    ax.imshow(arr, cmap="Blues")
-    ax.set_xticks(range(len(CLASSES)), CLASSES)
-    ax.set_yticks(range(len(CLASSES)), CLASSES)
-    ax.set_xlabel("predicted")
-    ax.set_ylabel("true")
-    for i in range(arr.shape[0]):
-        for j in range(arr.shape[1]):
-            ax.text(j, i, str(arr[i, j]), ha="center", va="center", color="white" if arr[i, j] > arr.max() / 2 else "black")
-    ax.set_title(title)
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return Path(path)
+    return plot(cm, list(CLASSES), path, title)
 
 
 def feature_importance(pipeline) -> pd.Series:
@@ -366,95 +348,6 @@ def plot_feature_importance(importance: pd.Series, path: str | Path, top: int = 
     return Path(path)
 
 
-# --- fast predict path ----------------------------------------------------------------------------------
-
-
-class FastPredictor:
-    """Vectorised equivalent of ``pipeline.predict_proba`` for a fitted LightGBM engagement pipeline.
-
-    The sklearn pipeline stays the logged model; this reads its fitted parameters (scaler mean/scale,
-    one-hot categories, LightGBM booster) and builds the model matrix with numpy instead of going through
-    ColumnTransformer/OneHotEncoder on object columns, which dominates batch time.
-
-    Trees are compiled to native code with lleaves when available (:mod:`gamesense.serving.lgbm_compiled`);
-    otherwise LightGBM's ``Booster.predict`` scores the matrix.
-
-    Args:
-        pipeline: a fitted pipeline from :func:`build_lightgbm`.
-        num_threads: threads for large batches (0: library default).
-        compiled: try the compiled trees.
-
-    Raises:
-        TypeError: the pipeline is not a LightGBM engagement pipeline.
-    """
-
-    def __init__(self, pipeline, num_threads: int = 0, compiled: bool = True):
-        steps = getattr(pipeline, "named_steps", {})
-        model = steps.get("model")
-        if model is None or not hasattr(model, "booster_"):
-            raise TypeError("FastPredictor needs a fitted LightGBM engagement pipeline")
-        pre = steps["preprocess"]
-        scaler = pre.named_transformers_["num"]
-        encoder = pre.named_transformers_["cat"]
-        self.mean = np.asarray(scaler.mean_, dtype=np.float64)
-        self.scale = np.asarray(scaler.scale_, dtype=np.float64)
-        self.categories = [list(c) for c in encoder.categories_]
-        self.booster = model.booster_
-        self.classes = [str(c) for c in model.classes_]
-        self.num_threads = num_threads
-        self.n_columns = len(NUMERIC_FEATURES) + sum(len(c) for c in self.categories)
-        self.compiled = None
-        if compiled:
-            from gamesense.serving.lgbm_compiled import compile_booster
-
-            self.compiled = compile_booster(self.booster)
-
-    def transform(self, X: pd.DataFrame) -> np.ndarray:
-        """Model matrix, shape ``(n_rows, n_columns)`` float64, identical to the pipeline's preprocess output."""
-        n = len(X)
-        M = np.zeros((n, self.n_columns), dtype=np.float64)
-        for j, name in enumerate(RAW_NUMERIC_FEATURES):
-            M[:, j] = X[name].to_numpy(np.float64)
-        j = len(RAW_NUMERIC_FEATURES)
-        M[:, j] = M[:, RAW_NUMERIC_FEATURES.index("SessionsPerWeek")] * M[
-            :, RAW_NUMERIC_FEATURES.index("AvgSessionDurationMinutes")
-        ]
-        k = len(NUMERIC_FEATURES)
-        M[:, :k] -= self.mean
-        M[:, :k] /= self.scale
-        rows = np.arange(n)
-        off = k
-        for name, cats in zip(CATEGORICAL_FEATURES, self.categories):
-            col = X[name]
-            if isinstance(col.dtype, pd.CategoricalDtype) and list(col.cat.categories) == cats:
-                codes = col.cat.codes.to_numpy()
-            else:
-                codes = pd.Categorical(col, categories=cats).codes
-            ok = codes >= 0
-            M[rows[ok], off + codes[ok]] = 1.0
-            off += len(cats)
-        return M
-
-    def predict_proba(self, X: pd.DataFrame) -> np.ndarray:
-        """Class probabilities, shape ``(n_rows, 3)``, columns in :attr:`classes` order."""
-        if len(X) == 0:
-            return np.zeros((0, len(self.classes)))
-        M = self.transform(X)
-        if self.compiled is not None:
-            return self.compiled.predict(M)
-        # one thread for small inputs: OpenMP start-up/spinning dominates and hurts tail latency
-        return self.booster.predict(M, num_threads=1 if len(X) < 1000 else self.num_threads)
-
-    def predict_frame(self, X: pd.DataFrame) -> pd.DataFrame:
-        """Predicted level and one ``proba_<class>`` column per class, index aligned with ``X``."""
-        proba = self.predict_proba(X)
-        out = pd.DataFrame(index=X.index)
-        out[PREDICTION] = pd.Categorical.from_codes(proba.argmax(axis=1), categories=self.classes) if len(X) else []
-        for i, cls in enumerate(self.classes):
-            out[PROBA_PREFIX + cls] = proba[:, i]
-        return out
-
-
 # --- recipe ---------------------------------------------------------------------------------------------
 
 from pydantic import Field  # noqa: E402
@@ -465,65 +358,64 @@ from gamesense.config import StrictModel  # noqa: E402
 class EngagementData(StrictModel):
     """Training data and split."""
 
-    train_file: str = Field("../shared/datasets/engagement/online_gaming_behavior.csv", description="CSV/Parquet")
-    max_rows: int | None = Field(None, ge=100, description="stratified subsample of N rows (tests, smoke runs)")
-    test_size: float = Field(0.2, gt=0, lt=1, description="held-out share (stratified)")
-    cv_folds: int = Field(5, ge=0, description="stratified K-fold CV of LightGBM on the train split; 0/1: off")
-    seed: int = 42
+    train_file: str = Field(description="labelled CSV/Parquet")
+    max_rows: int | None = Field(ge=100, description="stratified subsample of N rows (tests, smoke runs); null: all")
+    test_size: float = Field(gt=0, lt=1, description="held-out share (stratified)")
+    cv_folds: int = Field(ge=0, description="stratified K-fold CV of LightGBM on the train split; 0/1: off")
+    seed: int = Field(description="split, CV and model seed")
 
 
 class LightGBMParams(StrictModel):
     """LightGBM hyperparameters (``LGBMClassifier`` names). Few shallow-ish trees: the signal is mostly
     weekly play minutes, and prediction cost grows with the number of trees."""
 
-    n_estimators: int = Field(40, ge=1)
-    learning_rate: float = Field(0.2, gt=0)
-    num_leaves: int = Field(15, ge=2)
-    min_child_samples: int = Field(20, ge=1)
-    subsample: float = Field(1.0, gt=0, le=1)
-    colsample_bytree: float = Field(1.0, gt=0, le=1)
-    reg_lambda: float = Field(0.0, ge=0)
-    n_jobs: int = Field(1, description="training threads (1: share the CPU politely)")
+    n_estimators: int = Field(ge=1)
+    learning_rate: float = Field(gt=0)
+    num_leaves: int = Field(ge=2)
+    min_child_samples: int = Field(ge=1)
+    subsample: float = Field(gt=0, le=1)
+    colsample_bytree: float = Field(gt=0, le=1)
+    reg_lambda: float = Field(ge=0)
+    n_jobs: int = Field(description="training threads (1: share the CPU politely)")
 
 
 class DriftRule(StrictModel):
     """When monitoring triggers retraining (any condition suffices)."""
 
-    drift_share: float = Field(0.3, ge=0, le=1, description="retrain when share of drifted feature columns > this")
-    prediction_drift: bool = Field(True, description="retrain when the prediction distribution drifted")
-    key_columns: list[str] = Field(["AvgSessionDurationMinutes", "SessionsPerWeek"],
-                                   description="retrain when any of these drifted")  # fmt: skip
-    method_threshold: float | None = Field(None, gt=0, description="override Evidently's per-column threshold")
-    max_reference_rows: int | None = Field(None, ge=100, description="subsample reference for speed")
+    drift_share: float = Field(ge=0, le=1, description="retrain when share of drifted feature columns > this")
+    prediction_drift: bool = Field(description="retrain when the prediction distribution drifted")
+    key_columns: list[str] = Field(description="retrain when any of these drifted")
+    method_threshold: float | None = Field(gt=0, description="override Evidently's per-column threshold")
+    max_reference_rows: int | None = Field(ge=100, description="subsample reference for speed")
 
 
 class EngagementRegistry(StrictModel):
     """MLflow tracking and model registry."""
 
-    tracking_uri: str | None = Field(None, description="None: SQLite store in the working directory")
-    experiment: str = "gamesense-engagement"
-    model_name: str = "gamesense-engagement"
-    metric: str = Field("macro_f1", description="promotion metric (higher is better)")
-    min_delta: float = Field(0.0, ge=0, description="challenger must beat champion by more than this")
+    tracking_uri: str | None = Field(description="null: SQLite store in the working directory")
+    experiment: str = Field(description="MLflow experiment of the runs")
+    model_name: str = Field(description="registered model name")
+    metric: str = Field(description="promotion metric (higher is better)")
+    min_delta: float = Field(ge=0, description="challenger must beat champion by more than this")
 
 
 class EngagementServing(StrictModel):
     """Online API."""
 
-    alias: str = "champion"
-    reload_interval_s: float = Field(5.0, gt=0, description="how often the server checks the alias")
-    max_batch: int = Field(10_000, ge=1, description="players per request")
+    alias: str = Field(description="registry alias served")
+    reload_interval_s: float = Field(gt=0, description="how often the server checks the alias")
+    max_batch: int = Field(ge=1, description="players per request")
 
 
 class EngagementRecipe(StrictModel):
-    """Recipe for the engagement model (see ``recipes/engagement.yaml``)."""
+    """Recipe for the engagement model (see ``recipes/engagement.yaml``, which holds every default)."""
 
-    task: Literal["engagement"] = "engagement"
-    data: EngagementData = EngagementData()
-    lightgbm: LightGBMParams = LightGBMParams()
-    baselines: list[Literal["logistic_regression", "gradient_boosting"]] = ["logistic_regression", "gradient_boosting"]
-    plots: bool = True
-    drift: DriftRule = DriftRule()
-    registry: EngagementRegistry = EngagementRegistry()
-    serving: EngagementServing = EngagementServing()
-    zenml: bool = Field(False, description="run CLI commands as ZenML pipelines")
+    task: Literal["engagement"]
+    data: EngagementData
+    lightgbm: LightGBMParams
+    baselines: list[Literal["logistic_regression", "gradient_boosting"]]
+    plots: bool
+    drift: DriftRule
+    registry: EngagementRegistry
+    serving: EngagementServing
+    zenml: bool = Field(description="run CLI commands as ZenML pipelines")

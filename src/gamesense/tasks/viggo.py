@@ -13,7 +13,8 @@ text without brackets (they do contain ``,``, ``(``, ``)``, ``+``, ``:``, ``&``,
 empty (``request_attribute(player_perspective[])``). List-valued attributes (genres, platforms,
 player_perspective) separate items with ``", "``.
 
-This module holds the parser, the data loader, the chat formatting for TRL, and the metrics.
+This module holds the parser, the data loader, the chat formatting for TRL, the metrics, and the task
+plugin :class:`ViggoTask` (``TASK``) that the generic layers use.
 """
 
 from __future__ import annotations
@@ -23,11 +24,13 @@ import json
 import re
 from collections import Counter
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 
-from gamesense.tasks import TextTask
+from pydantic import Field
+
+from gamesense.tasks.base import DataError, LoadReport, Record, Task, TaskOptions
 
 TASK_NAME = "viggo"
 
@@ -64,9 +67,6 @@ ATTRIBUTES: tuple[str, ...] = (
 # Other values may contain commas too (exp_release_date[August 14, 2018],
 # developer[Spectrum HoloByte, Inc.]) and are compared as plain strings.
 LIST_ATTRIBUTES: tuple[str, ...] = ("genres", "platforms", "player_perspective")
-
-# Short on purpose: every prompt token is paid for on each training step.
-DEFAULT_SYSTEM_PROMPT = "Convert the message to a ViGGO meaning representation."
 
 
 # --------------------------------------------------------------------------- parsing
@@ -187,10 +187,6 @@ def try_parse_mr(text: str) -> MeaningRepresentation | None:
 # --------------------------------------------------------------------------- data
 
 
-class DataError(ValueError):
-    """A ViGGO data file is missing, unreadable, or lacks the expected columns."""
-
-
 @dataclass
 class ViggoExample:
     """One usable row.
@@ -204,20 +200,6 @@ class ViggoExample:
     line: int
     ref: str
     mr: str
-
-
-@dataclass
-class LoadReport:
-    """Result of ``load_viggo``: usable examples plus the rows left out and why."""
-
-    path: str
-    examples: list[ViggoExample] = field(default_factory=list)
-    skipped: list[tuple[int, str]] = field(default_factory=list)
-
-    @property
-    def total_rows(self) -> int:
-        """Data rows read (examples + skipped); blank lines are not rows."""
-        return len(self.examples) + len(self.skipped)
 
 
 # (mr column, ref column): the original corpus / slug2slug, then gem/viggo on the Hub.
@@ -327,23 +309,22 @@ def load_viggo(path: str | Path, max_rows: int | None = None) -> LoadReport:
 # --------------------------------------------------------------------------- chat formatting
 
 
-def build_messages(ref: str, system_prompt: str | None = None) -> list[dict[str, str]]:
+def build_messages(ref: str, system_prompt: str) -> list[dict[str, str]]:
     """Chat messages for one utterance.
 
     Args:
         ref: the player's utterance.
-        system_prompt: None: ``DEFAULT_SYSTEM_PROMPT``; ``""``: no system message.
+        system_prompt: instruction in the system turn; ``""``: no system message.
 
     Returns:
         ``[{"role": "system", "content": ...}, {"role": "user", "content": ref}]``.
     """
-    prompt = DEFAULT_SYSTEM_PROMPT if system_prompt is None else system_prompt
-    messages = [{"role": "system", "content": prompt}] if prompt else []
+    messages = [{"role": "system", "content": system_prompt}] if system_prompt else []
     messages.append({"role": "user", "content": ref})
     return messages
 
 
-def to_prompt_completion(example: ViggoExample, system_prompt: str | None = None) -> dict:
+def to_prompt_completion(example: ViggoExample, system_prompt: str) -> dict:
     """One training record in TRL's conversational prompt-completion format.
 
     Returns:
@@ -512,15 +493,48 @@ def compute_metrics(predictions: Sequence[str], references: Sequence[str]) -> di
     }
 
 
-TASK = TextTask(
-    name=TASK_NAME,
-    default_system_prompt=DEFAULT_SYSTEM_PROMPT,
-    load=load_viggo,
-    build_prompt=build_messages,
-    to_prompt_completion=to_prompt_completion,
-    source_text=lambda example: example.ref,
-    target_text=lambda example: example.mr,
-    extract_output=extract_mr,
-    compute_metrics=compute_metrics,
-    per_row_scores=per_row_scores,
-)
+class ViggoOptions(TaskOptions):
+    """ViGGO's options (``task_options`` in a recipe)."""
+
+    system_prompt: str = Field(
+        description="instruction in the system turn (short: every prompt token costs CPU time); '': none"
+    )
+
+
+class ViggoTask(Task):
+    """ViGGO as a task plugin: utterance -> MR, one line, scored statically (exact match gates promotion)."""
+
+    name = TASK_NAME
+    Options = ViggoOptions
+    evaluation = ("static",)
+    gate_metric = "exact_match"
+    metric_order = ("exact_match", "mr_match", "act_accuracy", "slot_precision", "slot_recall", "slot_f1",
+                    "valid_mr_rate", "rouge1", "rouge2", "rougeL")  # fmt: skip
+    stop_strings = ("\n",)  # an MR is one line
+
+    options: ViggoOptions
+
+    def load(self, path: str | Path, max_rows: int | None = None) -> LoadReport:
+        return load_viggo(path, max_rows)
+
+    def prompt(self, text: str) -> list[dict[str, str]]:
+        return build_messages(text, self.options.system_prompt)
+
+    def sft_records(self, examples: Sequence[ViggoExample]) -> list[Record]:
+        return [to_prompt_completion(ex, self.options.system_prompt) for ex in examples]
+
+    def eval_records(self, examples: Sequence[ViggoExample]) -> list[Record]:
+        return [{"prompt": self.prompt(ex.ref), "reference": ex.mr, "input": ex.ref, "line": ex.line}
+                for ex in examples]  # fmt: skip
+
+    def parse_output(self, text: str) -> str:
+        return extract_mr(text)
+
+    def compute_metrics(self, predictions: Sequence[str], records: Sequence[Record]) -> dict[str, float]:
+        return compute_metrics(predictions, [r["reference"] for r in records])
+
+    def row_scores(self, prediction: str, record: Record) -> dict:
+        return per_row_scores(prediction, record["reference"])
+
+
+TASK = ViggoTask

@@ -1,10 +1,9 @@
-"""Tabular training, evaluation and champion/challenger promotion (engagement model), logged to MLflow.
+"""Tabular training (engagement model), logged to MLflow.
 
 ``train_engagement`` fits LightGBM plus the baselines on one stratified split, cross-validates LightGBM on
 the train part, logs params/metrics/plots (baselines as nested runs), logs the sklearn pipeline with
-signature and input example, registers it and points ``challenger`` at the new version.
-``promote_engagement`` scores challenger and champion on one evaluation file and moves ``champion`` only
-when the challenger's macro-F1 is higher.
+signature and input example, registers it and points ``challenger`` at the new version; the promotion gate
+(:mod:`gamesense.pipelines.engagement_steps`) decides later whether it becomes ``champion``.
 """
 
 from __future__ import annotations
@@ -18,11 +17,9 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pandas as pd
 
 from gamesense.config import resolve_data_path
-from gamesense.settings import work_dir
 from gamesense.tasks import engagement as task
 
 log = logging.getLogger(__name__)
@@ -93,7 +90,8 @@ def train_engagement(recipe: task.EngagementRecipe, data_file: str | None = None
     from mlflow.models import infer_signature
     from sklearn.model_selection import StratifiedKFold, cross_validate, train_test_split
 
-    from gamesense.registry.mlflow_store import CHALLENGER, set_alias, setup_tracking
+    from gamesense.registry.mlflow_store import set_alias, setup_tracking
+    from gamesense.registry.promotion import CHALLENGER
 
     t0 = time.perf_counter()
     cfg = recipe.data
@@ -173,154 +171,14 @@ def train_engagement(recipe: task.EngagementRecipe, data_file: str | None = None
         )
         if register:
             version = str(info.registered_model_version)
+            client = mlflow.MlflowClient()
+            tags = {"task": "engagement", "gate_metric": recipe.registry.metric,
+                    **{k: f"{v:.6f}" for k, v in _scalar_metrics(metrics).items()}}  # fmt: skip
+            for key, value in tags.items():
+                client.set_model_version_tag(recipe.registry.model_name, version, key, value)
             set_alias(recipe.registry.model_name, version, CHALLENGER)
             mlflow.set_tag("registered_version", version)
         seconds = time.perf_counter() - t0
         mlflow.log_metric("train_seconds", seconds)
     return TrainResult(run.info.run_id, recipe.registry.model_name, version, all_metrics, cv_summary, seconds,
                        validation.report())  # fmt: skip
-
-
-# --- evaluation and promotion ---------------------------------------------------------------------------
-
-
-@dataclass
-class LoadedModel:
-    """A registered engagement model ready to predict. ``predictor``: the fast path (None if not LightGBM)."""
-
-    name: str
-    version: str
-    pipeline: Any
-    predictor: task.FastPredictor | None
-    run_id: str | None = None
-
-    def predict_frame(self, X: pd.DataFrame) -> pd.DataFrame:
-        """Predicted level + probabilities per row (see :meth:`FastPredictor.predict_frame`)."""
-        if self.predictor is not None:
-            return self.predictor.predict_frame(X)
-        proba = self.pipeline.predict_proba(X[task.FEATURES].astype({c: str for c in task.CATEGORICAL_FEATURES}))
-        classes = [str(c) for c in self.pipeline.classes_]
-        out = pd.DataFrame(index=X.index)
-        out[task.PREDICTION] = np.asarray(classes)[proba.argmax(axis=1)]
-        for i, cls in enumerate(classes):
-            out[task.PROBA_PREFIX + cls] = proba[:, i]
-        return out
-
-
-def load_model(model_name: str, ref: str = "champion", model_uri: str | None = None) -> LoadedModel:
-    """Load a registered version by alias or number (``ref``), or any MLflow ``model_uri``.
-
-    The alias is resolved to a version first, so the version reported is the one loaded even when the
-    alias moves concurrently.
-
-    Raises:
-        LookupError: alias or version not found.
-    """
-    import mlflow
-
-    from gamesense.registry.mlflow_store import get_version_by_alias
-
-    run_id = None
-    if model_uri and not model_uri.startswith("models:/"):
-        version, uri = model_uri, model_uri
-    else:
-        if model_uri:  # models:/name@alias or models:/name/version
-            body = model_uri[len("models:/"):]
-            model_name, ref = (body.split("@", 1) if "@" in body else body.split("/", 1))
-        if str(ref).isdigit():
-            version = str(ref)
-        else:
-            mv = get_version_by_alias(model_name, ref)
-            if mv is None:
-                raise LookupError(f"model {model_name!r} has no alias {ref!r}: train and promote first")
-            version, run_id = str(mv.version), mv.run_id
-        uri = f"models:/{model_name}/{version}"
-    try:
-        pipeline = mlflow.sklearn.load_model(uri)
-    except Exception as err:  # MlflowException, OSError: name the URI
-        raise LookupError(f"cannot load {uri}: {str(err).splitlines()[0]}") from err
-    try:
-        predictor = task.FastPredictor(pipeline)
-    except (TypeError, KeyError, AttributeError):
-        predictor = None
-    return LoadedModel(model_name, version, pipeline, predictor, run_id)
-
-
-def evaluate_model(model: LoadedModel, df: pd.DataFrame) -> dict[str, Any]:
-    """Held-out metrics (see :func:`compute_metrics`) of ``model`` on a validated labelled frame."""
-    pred = model.predict_frame(df)[task.PREDICTION]
-    return task.compute_metrics(df[task.TARGET].astype(str), pred.astype(str))
-
-
-def promote_engagement(recipe: task.EngagementRecipe, eval_file: str | None = None) -> dict[str, Any]:
-    """Champion/challenger gate: evaluate both on ``eval_file`` (default: the recipe's data file) and move
-    ``champion`` to the challenger only when its macro-F1 is higher (by more than ``registry.min_delta``).
-
-    The decision and reason are logged as an MLflow run (experiment ``<experiment>-promotion``), as tags on
-    the challenger version, and appended to ``<workdir>/engagement/promotions.jsonl``.
-
-    Returns:
-        dict with ``promote``, ``reason``, ``challenger``/``champion`` versions and scores.
-
-    Raises:
-        LookupError: no challenger.
-    """
-    import mlflow
-    from mlflow import MlflowClient
-
-    from gamesense.registry.mlflow_store import (CHALLENGER, CHAMPION, decide_promotion, get_version_by_alias,
-                                                 set_alias, setup_tracking)  # fmt: skip
-
-    reg = recipe.registry
-    setup_tracking(reg.tracking_uri, reg.experiment + "-promotion")
-    path = eval_file or recipe.data.train_file
-    df, _ = load_training_frame(path)
-    challenger_mv = get_version_by_alias(reg.model_name, CHALLENGER)
-    if challenger_mv is None:
-        raise LookupError(f"model {reg.model_name!r} has no {CHALLENGER!r} version: run `gamesense engagement train`")
-    champion_mv = get_version_by_alias(reg.model_name, CHAMPION)
-    challenger = load_model(reg.model_name, str(challenger_mv.version))
-    cand = evaluate_model(challenger, df)
-    baselines: dict[str, float | None] = {}
-    champ_metrics = None
-    if champion_mv is None:
-        baselines["champion"] = None
-    elif str(champion_mv.version) == str(challenger_mv.version):
-        baselines[f"champion v{champion_mv.version}"] = cand[reg.metric]  # same version: nothing to gain
-    else:
-        champ_metrics = evaluate_model(load_model(reg.model_name, str(champion_mv.version)), df)
-        baselines[f"champion v{champion_mv.version}"] = champ_metrics[reg.metric]
-    decision = decide_promotion(reg.metric, cand[reg.metric], baselines, min_delta=reg.min_delta)
-    client = MlflowClient()
-    if decision.promote:
-        set_alias(reg.model_name, challenger_mv.version, CHAMPION)
-        client.delete_registered_model_alias(reg.model_name, CHALLENGER)
-    record = {
-        "time": time.strftime("%Y-%m-%dT%H:%M:%S"),
-        "model": reg.model_name,
-        "promote": decision.promote,
-        "reason": decision.reason,
-        "metric": reg.metric,
-        "challenger": str(challenger_mv.version),
-        "challenger_score": cand[reg.metric],
-        "champion": str(champion_mv.version) if champion_mv else None,
-        "champion_score": champ_metrics[reg.metric] if champ_metrics else None,
-        "eval_file": str(path),
-        "eval_rows": len(df),
-    }
-    with mlflow.start_run(run_name=f"promote-v{challenger_mv.version}"):
-        mlflow.set_tags({"task": "engagement", "decision": "promoted" if decision.promote else "kept",
-                         "reason": decision.reason[:5000]})  # fmt: skip
-        mlflow.log_params({k: record[k] for k in ("challenger", "champion", "eval_file", "eval_rows", "metric")})
-        mlflow.log_metrics({"challenger_" + k: v for k, v in _scalar_metrics(cand).items()})
-        if champ_metrics:
-            mlflow.log_metrics({"champion_" + k: v for k, v in _scalar_metrics(champ_metrics).items()})
-        mlflow.log_metric("promoted", float(decision.promote))
-    client.set_model_version_tag(reg.model_name, str(challenger_mv.version), "promotion_decision",
-                                 "promoted" if decision.promote else "kept")  # fmt: skip
-    client.set_model_version_tag(reg.model_name, str(challenger_mv.version), "promotion_reason", decision.reason[:5000])
-    log_path = work_dir() / "engagement" / "promotions.jsonl"
-    log_path.parent.mkdir(parents=True, exist_ok=True)
-    with log_path.open("a") as fh:
-        fh.write(json.dumps(record) + "\n")
-    return record

@@ -1,0 +1,81 @@
+"""The engagement model's champion/challenger step: both evaluated on one labelled file, then the one
+promotion gate (:func:`gamesense.registry.promotion.promotion_gate`)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pandas as pd
+
+from gamesense.tasks import engagement as task
+
+
+def evaluate_tabular(model, df: pd.DataFrame) -> dict[str, Any]:
+    """Held-out metrics (see :func:`gamesense.tasks.engagement.compute_metrics`) of a
+    :class:`~gamesense.serving.tabular.TabularModel` on a validated labelled frame."""
+    pred = model.predict_frame(df)[task.PREDICTION]
+    return task.compute_metrics(df[task.TARGET].astype(str), pred.astype(str))
+
+
+def _scalar(metrics: dict[str, Any], prefix: str) -> dict[str, float]:
+    return {prefix + k: float(v) for k, v in metrics.items() if isinstance(v, (int, float))}
+
+
+def promote_engagement(recipe: task.EngagementRecipe, eval_file: str | None = None) -> dict[str, Any]:
+    """Evaluate the ``challenger`` (and the ``champion``) on ``eval_file`` (default: the recipe's data file) and
+    move ``champion`` only when the challenger's ``registry.metric`` is higher by more than
+    ``registry.min_delta``.
+
+    The decision is logged as an MLflow run (experiment ``<experiment>-promotion``), as tags on the
+    challenger version and as one line of ``<workdir>/promotions.jsonl``.
+
+    Returns:
+        dict with ``promote``, ``reason``, ``challenger``/``champion`` versions and scores, ``eval_file``.
+
+    Raises:
+        LookupError: no challenger; SchemaError / ValueError: unusable evaluation file.
+    """
+    import mlflow
+
+    from gamesense.registry.mlflow_store import get_version_by_alias, setup_tracking
+    from gamesense.registry.promotion import CHALLENGER, promotion_gate
+    from gamesense.serving.tabular import load_tabular_model
+    from gamesense.training.tabular import load_training_frame
+
+    reg = recipe.registry
+    setup_tracking(reg.tracking_uri, reg.experiment + "-promotion")
+    path = eval_file or recipe.data.train_file
+    df, _ = load_training_frame(path)
+    challenger_mv = get_version_by_alias(reg.model_name, CHALLENGER)
+    if challenger_mv is None:
+        raise LookupError(f"model {reg.model_name!r} has no {CHALLENGER!r} version: run `gamesense engagement train`")
+    version = str(challenger_mv.version)
+    candidate = evaluate_tabular(load_tabular_model(reg.model_name, version), df)
+    champion_metrics: dict[str, Any] = {}
+
+    def champion_score(champion) -> float:
+        champion_metrics.update(evaluate_tabular(load_tabular_model(reg.model_name, str(champion.version)), df))
+        return champion_metrics[reg.metric]
+
+    outcome = promotion_gate(reg.model_name, version, reg.metric, candidate[reg.metric], champion_score,
+                             min_delta=reg.min_delta, audit={"eval_file": str(path), "eval_rows": len(df)})  # fmt: skip
+    record = {
+        "promote": outcome.promoted,
+        "reason": outcome.reason,
+        "metric": reg.metric,
+        "challenger": version,
+        "challenger_score": candidate[reg.metric],
+        "champion": outcome.previous_champion,
+        "champion_score": champion_metrics.get(reg.metric),
+        "eval_file": str(path),
+        "eval_rows": len(df),
+    }
+    with mlflow.start_run(run_name=f"promote-v{version}"):
+        mlflow.set_tags({"task": "engagement", "decision": "promoted" if outcome.promoted else "kept",
+                         "reason": outcome.reason[:5000]})  # fmt: skip
+        mlflow.log_params({k: record[k] for k in ("challenger", "champion", "eval_file", "eval_rows", "metric")})
+        mlflow.log_metrics(_scalar(candidate, "challenger_"))
+        if champion_metrics:
+            mlflow.log_metrics(_scalar(champion_metrics, "champion_"))
+        mlflow.log_metric("promoted", float(outcome.promoted))
+    return record
