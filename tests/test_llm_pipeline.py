@@ -20,7 +20,7 @@ def tiny_recipe(tiny_model_dir, viggo_dir, tmp_path, *overrides: str) -> LLMReci
         f"model.base={tiny_model_dir}", f"data.train_file={viggo_dir / 'train.csv'}",
         f"data.eval_file={viggo_dir / 'validation.csv'}", "data.max_train_rows=24", "data.max_eval_rows=8",
         "sft.max_steps=2", "sft.per_device_train_batch_size=4", "sft.save_steps=1", "sft.logging_steps=1",
-        "generation.max_new_tokens=6", "generation.batch_size=4", *overrides,
+        "generation.max_new_tokens=6", "generation.batch_size=4", "runtime.compile=false", *overrides,
     ])  # fmt: skip
 
 
@@ -161,6 +161,27 @@ def test_finetune_cli_with_zenml(workdir, tiny_model_dir, viggo_dir, tmp_path, m
     assert generated.exit_code == 0, generated.output
 
 
+@pytest.mark.slow
+def test_console_script_runs_the_zenml_pipeline_and_says_how_it_runs(workdir, tiny_model_dir, viggo_dir, tmp_path):
+    """The installed ``gamesense`` command, in its own process: it restarts itself with jemalloc preloaded
+    where ``make setup`` provided it, logs its thread plan, and the ZenML pipeline still runs to the end."""
+    import os
+    import subprocess
+    import sys
+
+    from gamesense.cli.launch import find_jemalloc
+
+    path = write_recipe(tiny_recipe(tiny_model_dir, viggo_dir, tmp_path), tmp_path / "recipe.yaml")
+    command = [str(Path(sys.executable).parent / "gamesense"), "finetune", "--recipe", str(path), "--set", "sft.max_steps=1"]
+    done = subprocess.run(command, capture_output=True, text=True, env={**os.environ, "GAMESENSE_WORKDIR": str(workdir),
+                          "COLUMNS": "200"}, timeout=600)  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "registered gamesense-viggo version 1" in done.stdout
+    assert "PyTorch thread" in done.stderr
+    if find_jemalloc() is not None:
+        assert "jemalloc heap" in done.stderr
+
+
 @pytest.mark.parametrize(
     ("override", "message"),
     [("sft.max_stepz=5", "unknown key 'sft.max_stepz'"), ("sft.max_steps=lots", "'sft.max_steps'"),
@@ -251,6 +272,23 @@ def test_bad_rows_are_reported_counted_and_skipped(workdir, tiny_model_dir, vigg
     assert run.data.metrics["train_skipped_rows"] == 2
     skipped = mlflow.artifacts.load_dict(f"{run.info.artifact_uri}/data/skipped_rows.json")
     assert [line for line, _ in skipped["train"]] == [12, 13]
+
+
+def test_compiled_layers_train_like_eager_ones(workdir, tiny_model_dir, viggo_dir, tmp_path):
+    """Regional torch.compile of the decoder layers changes the speed, not the arithmetic (fp32 here)."""
+    from gamesense.tasks import get_task
+    from gamesense.training.stages import StageInputs, stage_records, train_stage
+
+    losses = {}
+    for compiled in (False, True):
+        recipe = tiny_recipe(tiny_model_dir, viggo_dir, tmp_path, f"runtime.compile={str(compiled).lower()}",
+                             "sft.bf16=false", "model.dtype=float32")  # fmt: skip
+        task = get_task("viggo", recipe.task_options)
+        records = stage_records("sft", task, task.load(viggo_dir / "train.csv", 24).examples)
+        result = train_stage("sft", StageInputs(recipe=recipe, task=task, train_records=records,
+                                                stage_dir=tmp_path / f"c{compiled}", show_progress=False))  # fmt: skip
+        losses[compiled] = [r["loss"] for r in result.log_history if "loss" in r]
+    assert losses[True] == pytest.approx(losses[False], rel=1e-4)
 
 
 def test_sample_packing_trains_and_counts_tokens(workdir, tiny_model_dir, viggo_dir, tmp_path):

@@ -95,7 +95,7 @@ def parity_recipe(tiny_model_dir, data: Path, stages: list[str], **sections) -> 
         "reward": {**trainer, "max_length": 64},
         "dpo": {**trainer, "max_length": 64},
         "grpo": {**trainer, "num_generations": 2, "max_completion_length": 3, "generation_batch_size": 4},
-        "runtime": {"fused_loss": None, "trim_memory_every": 0},
+        "runtime": {"fused_loss": None, "trim_memory_every": 0, "compile": False, "threads": "auto"},
         "generation": {"max_new_tokens": 3, "batch_size": 8},
         "registry": {"tracking_uri": None, "experiment": "parity", "model_name": "gamesense-parity", "metric": None,
                      "min_delta": 0.0},

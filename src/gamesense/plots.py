@@ -10,6 +10,16 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 
+def _save(fig, path: str | Path, dpi: int | None = None) -> Path:
+    """Lay out, write the PNG (parent directories created), close the figure; returns the path."""
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=dpi or fig.dpi)
+    plt.close(fig)
+    return path
+
+
 def plot_loss_curve(log_history: list[dict], path: str | Path, title: str = "training loss") -> Path:
     """Training loss (and learning rate on a second axis) against optimizer step.
 
@@ -33,12 +43,7 @@ def plot_loss_curve(log_history: list[dict], path: str | Path, title: str = "tra
         ax2.plot(*zip(*lr), color="tab:orange", alpha=0.5, label="learning rate")
         ax2.set_ylabel("learning rate")
     ax.set_title(title)
-    fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path)
-    plt.close(fig)
-    return path
+    return _save(fig, path)
 
 
 def plot_confusion_matrix(matrix, labels: list[str], path: str | Path, title: str = "Confusion matrix") -> Path:
@@ -62,9 +67,31 @@ def plot_confusion_matrix(matrix, labels: list[str], path: str | Path, title: st
         for j in range(arr.shape[1]):
             ax.text(j, i, str(arr[i, j]), ha="center", va="center", color="white" if arr[i, j] > arr.max() / 2 else "black")
     ax.set_title(title)
-    fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
+    return _save(fig, path, dpi=100)
+
+
+def plot_grouped_bars(values: dict[str, dict[str, float]], path: str | Path, title: str, ylabel: str) -> Path:
+    """Grouped bar chart: one group per category (e.g. board size), one bar per series (e.g. player).
+
+    Args:
+        values: series name -> {category -> value}; categories are shown in first-seen order, a missing
+            value as no bar.
+        path: PNG to write (parent directories are created).
+
+    Returns:
+        ``path``.
+    """
+    categories = list(dict.fromkeys(c for series in values.values() for c in series))
+    width = 0.8 / max(len(values), 1)
+    fig, ax = plt.subplots(figsize=(max(6, 1.6 * len(categories)), 4), dpi=110)
+    for i, (name, series) in enumerate(values.items()):
+        xs = [j + (i - (len(values) - 1) / 2) * width for j, c in enumerate(categories) if c in series]
+        ys = [series[c] for c in categories if c in series]
+        bars = ax.bar(xs, ys, width=width, label=name)
+        ax.bar_label(bars, fmt="%.1f", fontsize=7)
+    ax.set_xticks(range(len(categories)), categories)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    ax.legend()
+    ax.grid(axis="y", alpha=0.3)
+    return _save(fig, path)

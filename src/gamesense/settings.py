@@ -24,3 +24,17 @@ def work_dir() -> Path:
     path = Path(os.environ.get("GAMESENSE_WORKDIR") or Path.cwd() / ".gamesense").expanduser().resolve()
     path.mkdir(parents=True, exist_ok=True)
     return path
+
+
+WORKDIR_PLACEHOLDER = "{workdir}"
+
+
+def data_path(path: str | Path) -> Path:
+    """A recipe's data path on disk: ``{workdir}`` replaced by :func:`work_dir` (for files a task writes
+    itself), then resolved like :func:`gamesense.config.resolve_data_path`."""
+    from gamesense.config import resolve_data_path
+
+    text = str(path)
+    if WORKDIR_PLACEHOLDER in text:
+        text = text.replace(WORKDIR_PLACEHOLDER, str(work_dir()))
+    return resolve_data_path(text)

@@ -12,7 +12,7 @@ from typing import Optional
 import typer
 
 from gamesense.cli import engagement as engagement_cli
-from gamesense.cli.common import fail, load_recipe_or_exit
+from gamesense.cli.common import fail, load_recipe_or_exit, show_progress_logs
 
 app = typer.Typer(
     help="GameSense: turn gaming data into production models (LLM adapters, tabular models) with "
@@ -26,6 +26,30 @@ app.add_typer(models_app, name="models")
 app.add_typer(recipe_app, name="recipe")
 app.add_typer(engagement_cli.app, name="engagement")
 app.command("serve")(engagement_cli.serve)
+
+
+class _TaskCommandHost:
+    """What task-provided commands get from the CLI (:class:`gamesense.tasks.base.CommandHost`)."""
+
+    def open_task(self, recipe, overrides):
+        return _recipe_and_task(recipe, overrides)
+
+    def load_policy(self, model, recipe, task):
+        from gamesense.evaluation.policy import ModelPolicy
+
+        generation = recipe.generation
+        return ModelPolicy(_load_model(model, recipe), model, generation.max_new_tokens, generation.batch_size, task.stop_strings)
+
+
+def _mount_task_commands() -> None:
+    """``gamesense <task> ...`` for every task that brings its own commands."""
+    from gamesense.tasks import get_task_class, known_tasks
+
+    for name in known_tasks():
+        commands = get_task_class(name).commands(_TaskCommandHost())
+        if commands is not None:
+            app.add_typer(commands, name=name)
+
 
 DEFAULT_RECIPE = "default"
 RecipeOpt = typer.Option(None, "--recipe", "-r", help="recipe YAML file or a name under recipes/ (default: default.yaml, "
@@ -101,7 +125,8 @@ def _print_outcome(out, task, wall: float) -> None:
 
     console = _console()
     data, trained, promo = out.data, out.trained, out.promotion
-    columns = {"base": out.base_metrics, **{f"+{stage}": m for stage, m in trained.evaluations.items()}}
+    columns = {"base": out.base_metrics, **{f"+{stage}": m for stage, m in trained.evaluations.items()},
+               **task.reference_results(progress=False)}  # fmt: skip
     title = f"{task.name}: {data.counts['eval_rows']} rows of {data.eval_file}"
     console.print(metrics_table(columns, title=title, order=task.metric_order))
     for result in trained.results:
@@ -132,12 +157,9 @@ def finetune(
     """Prepare data, evaluate the base model, train the recipe's stages (e.g. SFT, reward model, GRPO),
     evaluate each policy, register the final adapter in MLflow and promote it to champion only if it beats
     the base model and the current champion on the task's gate metric."""
-    import logging
     import time
 
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    for noisy in ("httpx", "mlflow", "alembic", "urllib3"):
-        logging.getLogger(noisy).setLevel(logging.WARNING)
+    show_progress_logs()
     config, task = _recipe_and_task(recipe, overrides)
     use_zenml = config.zenml if zenml is None else zenml
     started = time.perf_counter()
@@ -188,7 +210,8 @@ def evaluate(
     if result.predictions_path is not None and result.predictions_path != out_path:
         result.predictions_path.replace(out_path)
     metrics = dict(result.metrics, skipped_rows=float(len(report.skipped)))
-    console.print(metrics_table({model: metrics}, title=f"{loaded.description} on {report.path} ({len(report.examples)} rows)",
+    columns = {model: metrics, **task.reference_results(progress=False)}
+    console.print(metrics_table(columns, title=f"{loaded.description} on {report.path} ({len(report.examples)} rows)",
                                 order=task.metric_order))  # fmt: skip
     if "gen_tokens_per_s" in metrics:
         console.print(f"generation: {metrics['gen_tokens_per_s']:.0f} tokens/s over {metrics['eval_seconds']:.1f} s")
@@ -281,3 +304,6 @@ def recipe_show(
     for row in rows:
         table.add_row(*row)
     _console().print(table)
+
+
+_mount_task_commands()

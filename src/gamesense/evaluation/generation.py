@@ -1,9 +1,10 @@
 """Batched greedy decoding for evaluation and the ``generate`` command.
 
-Prompts are sorted by length (longest first, so memory peaks early) and left-padded per batch; decoding
-stops per sequence at EOS or at the task's stop strings, and the batch stops when all sequences have.
-A one-character stop string (``"\n"``) stops at any token containing it (checked as token ids, no decoding
-in the loop); longer ones use transformers' ``stop_strings``. The text is cut at the first stop string.
+Prompts are sorted by length (longest first, so memory peaks early) and left-padded per batch; our own
+loop over the model's KV cache decodes one token per step for every row still running and removes a row
+(and its cache entries) from the batch as soon as it stops, so finished rows cost nothing. A row stops at
+EOS or at the task's stop strings: a one-character stop string (``"\n"``) stops at any token containing it
+(checked as token ids), longer ones by decoding the row. The text is cut at the first stop string.
 Throughput counts generated tokens up to and including the stop token.
 """
 
@@ -53,6 +54,65 @@ def cut_at_stop(text: str, stop_strings: Sequence[str]) -> str:
     return text[:cut]
 
 
+def last_token_logits(model, cache=None, **inputs) -> torch.Tensor:
+    """Logits at the last position of each row, shape ``(batch, vocab)``: the decoder, then the LM head on
+    that position only, as a 2-D matmul (on a strided 3-D slice torch.matmul expands the whole vocabulary
+    matrix once per row: measured 3.9 s of a 4.4 s forward pass for 24 rows on a CPU).
+
+    Args:
+        model: a causal LM with ``get_decoder`` and ``get_output_embeddings`` (transformers' models).
+        cache: a KV cache to read and extend, or None for none.
+        inputs: the decoder's inputs (``input_ids``, ``attention_mask``, ``position_ids``).
+    """
+    hidden = model.get_decoder()(**inputs, past_key_values=cache, use_cache=cache is not None).last_hidden_state
+    return model.get_output_embeddings()(hidden[:, -1].contiguous())
+
+
+def _greedy_batch(model, rows: list[list[int]], pad_id: int, max_new_tokens: int, stop_ids: torch.Tensor,
+                  stops_in_text) -> list[list[int]]:  # fmt: skip
+    """Greedy-decode one left-padded batch with a KV cache, dropping every row from the batch (and its cache)
+    as soon as it stops, so no compute is spent on finished rows. Returns each row's new tokens, the stop
+    token included."""
+    from transformers import DynamicCache
+
+    device = next(model.parameters()).device
+    width = max(len(r) for r in rows)
+    input_ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(rows), width), dtype=torch.long)
+    for i, ids in enumerate(rows):
+        input_ids[i, width - len(ids) :] = torch.tensor(ids)
+        mask[i, width - len(ids) :] = 1
+    positions = (mask.cumsum(-1) - 1).clamp(min=0)
+    input_ids, mask, positions = input_ids.to(device), mask.to(device), positions.to(device)
+
+    def next_tokens(**inputs) -> torch.Tensor:
+        return last_token_logits(model, cache, **inputs).argmax(-1)
+
+    cache = DynamicCache()
+    tokens = next_tokens(input_ids=input_ids, attention_mask=mask, position_ids=positions)
+    position = positions[:, -1]
+    alive = torch.arange(len(rows))  # batch row -> index in `rows`
+    generated: list[list[int]] = [[] for _ in rows]
+    for step in range(max_new_tokens):
+        for row, tok in zip(alive.tolist(), tokens.tolist()):
+            generated[row].append(tok)
+        done = torch.isin(tokens, stop_ids)
+        if stops_in_text is not None:
+            done |= torch.tensor([stops_in_text(generated[row]) for row in alive.tolist()], device=done.device)
+        if step == max_new_tokens - 1 or bool(done.all()):
+            break
+        if bool(done.any()):
+            keep = (~done).nonzero().squeeze(-1)
+            for layer in cache.layers:
+                layer.batch_select_indices(keep)
+            tokens, position, mask, alive = tokens[keep], position[keep], mask[keep], alive[keep.cpu()]
+        position = position + 1
+        mask = torch.cat([mask, mask.new_ones((len(alive), 1))], dim=-1)
+        tokens = next_tokens(input_ids=tokens[:, None], attention_mask=mask, position_ids=position[:, None])
+    return generated
+
+
+@torch.inference_mode()
 def generate_batch(
     model,
     tokenizer,
@@ -83,40 +143,20 @@ def generate_batch(
         for messages in prompts
     ]
     order = sorted(range(len(encoded)), key=lambda i: -len(encoded[i]))
-    stop_ids = stop_token_ids(tokenizer, stop_strings)
+    stop_ids = torch.tensor(stop_token_ids(tokenizer, stop_strings), device=next(model.parameters()).device)
     long_stops = [s for s in stop_strings if len(s) > 1]
-    extra = {"stop_strings": long_stops, "tokenizer": tokenizer} if long_stops else {}
+    stops_in_text = (lambda ids: any(s in tokenizer.decode(ids) for s in long_stops)) if long_stops else None
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    device = next(model.parameters()).device
     texts: list[str] = [""] * len(prompts)
     generated = 0
     started = time.perf_counter()
     bar = tqdm(total=len(prompts), desc=desc, unit="ex", disable=not progress)
     for start in range(0, len(order), batch_size):
         idx = order[start : start + batch_size]
-        width = max(len(encoded[i]) for i in idx)
-        input_ids = torch.full((len(idx), width), pad_id, dtype=torch.long)
-        attention = torch.zeros((len(idx), width), dtype=torch.long)
-        for row, i in enumerate(idx):
-            ids = encoded[i]
-            input_ids[row, width - len(ids) :] = torch.tensor(ids)
-            attention[row, width - len(ids) :] = 1
-        with torch.inference_mode():
-            out = model.generate(
-                input_ids=input_ids.to(device),
-                attention_mask=attention.to(device),
-                max_new_tokens=max_new_tokens,
-                do_sample=False,
-                eos_token_id=stop_ids,
-                pad_token_id=pad_id,
-                **extra,
-            )
-        new = out[:, width:].cpu()
-        for row, i in enumerate(idx):
-            tokens = new[row].tolist()
-            length = next((k + 1 for k, tok in enumerate(tokens) if tok in stop_ids), len(tokens))
-            generated += length
-            texts[i] = cut_at_stop(tokenizer.decode(tokens[:length], skip_special_tokens=True), stop_strings)
+        outputs = _greedy_batch(model, [encoded[i] for i in idx], pad_id, max_new_tokens, stop_ids, stops_in_text)
+        for i, tokens in zip(idx, outputs):
+            generated += len(tokens)
+            texts[i] = cut_at_stop(tokenizer.decode(tokens, skip_special_tokens=True), stop_strings)
         bar.update(len(idx))
         bar.set_postfix(tok_s=f"{generated / max(time.perf_counter() - started, 1e-9):.0f}")
     bar.close()

@@ -6,7 +6,7 @@ from collections.abc import Sequence
 
 import torch
 
-from gamesense.evaluation.generation import generate_batch
+from gamesense.evaluation.generation import generate_batch, last_token_logits
 from gamesense.tasks.base import Messages
 
 
@@ -14,8 +14,9 @@ class ModelPolicy:
     """Acts for a task's environment with a causal LM.
 
     ``choose`` picks, for each prompt, the candidate answer with the highest total log-probability under the
-    model (sum over the answer's tokens, EOS excluded): all prompt x candidate sequences go through one batched
-    forward pass, so the model can never answer outside the candidates. ``generate`` decodes greedily.
+    model (sum over the answer's tokens, EOS excluded), so the model can never answer outside the candidates:
+    when every candidate is one token (Snake's move names), one forward pass per prompt compares their
+    next-token logits; otherwise every prompt x candidate sequence is scored. ``generate`` decodes greedily.
 
     Args:
         model: an :class:`~gamesense.models.refs.InferenceModel` (model + tokenizer).
@@ -51,10 +52,12 @@ class ModelPolicy:
         if any(len(c) == 0 for c in choices):
             raise ValueError("every prompt needs at least one candidate answer")
         prompt_ids = self._prompt_ids(prompts)
+        answers = [[tokenizer(option, add_special_tokens=False)["input_ids"] for option in row] for row in choices]
+        if all(len(a) == 1 for row in answers for a in row):
+            return self._choose_next_token(prompt_ids, [[a[0] for a in row] for row in answers])
         rows, owners, spans = [], [], []
-        for i, (ids, options) in enumerate(zip(prompt_ids, choices)):
-            for option in options:
-                answer = tokenizer(option, add_special_tokens=False)["input_ids"]
+        for i, (ids, options) in enumerate(zip(prompt_ids, answers)):
+            for answer in options:
                 rows.append(ids + answer)
                 owners.append(i)
                 spans.append((len(ids), len(ids) + len(answer)))
@@ -83,6 +86,33 @@ class ModelPolicy:
             if owner not in best or scores[r] > best[owner][0]:
                 best[owner] = (float(scores[r]), k)
         return [best[i][1] for i in range(len(prompts))]
+
+    def _choose_next_token(self, prompt_ids: list[list[int]], candidates: list[list[int]]) -> list[int]:
+        """Single-token candidates: one forward pass per prompt, comparing the next-token logits of the
+        candidates at the prompt's end (the same ranking as their log-probabilities). Prompts are batched by
+        length and left-padded (positions from the attention mask) so only the last position's logits are
+        computed (:func:`~gamesense.evaluation.generation.last_token_logits`)."""
+        model = self.inference.model
+        pad = self.inference.tokenizer.pad_token_id
+        pad = pad if pad is not None else self.inference.tokenizer.eos_token_id
+        device = next(model.parameters()).device
+        order = sorted(range(len(prompt_ids)), key=lambda i: len(prompt_ids[i]))
+        picks = [0] * len(prompt_ids)
+        for start in range(0, len(order), self.batch_size):
+            rows = order[start : start + self.batch_size]
+            width = max(len(prompt_ids[i]) for i in rows)
+            input_ids = torch.full((len(rows), width), pad, dtype=torch.long)
+            attention = torch.zeros((len(rows), width), dtype=torch.long)
+            for r, i in enumerate(rows):
+                ids = prompt_ids[i]
+                input_ids[r, width - len(ids) :] = torch.tensor(ids)
+                attention[r, width - len(ids) :] = 1
+            positions = (attention.cumsum(-1) - 1).clamp(min=0)
+            logits = last_token_logits(model, input_ids=input_ids.to(device), attention_mask=attention.to(device),
+                                       position_ids=positions.to(device)).float().cpu()  # fmt: skip
+            for r, i in enumerate(rows):
+                picks[i] = int(logits[r, candidates[i]].argmax())
+        return picks
 
     def generate(self, prompts: Sequence[Messages]) -> list[str]:
         """Greedy completions, cut at the stop strings."""

@@ -93,7 +93,7 @@ def evaluate_model(
         raise ValueError(f"task {task.name!r} is evaluated on records: pass an evaluation file")
     if "rollout" in task.evaluation:
         policy = ModelPolicy(model, label, max_new_tokens, batch_size, task.stop_strings)
-        rollout = task.rollout(policy, progress=progress)
+        rollout = task.rollout(policy, out, progress=progress)
         result.metrics.update(rollout.metrics)
         result.artifacts.update(rollout.artifacts)
     return result

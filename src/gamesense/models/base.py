@@ -15,7 +15,7 @@ from pathlib import Path
 
 import torch
 
-from gamesense.models.hardware import load_dtype
+from gamesense.models.hardware import attention_implementation, load_dtype
 from gamesense.settings import home_dir
 
 log = logging.getLogger(__name__)
@@ -112,23 +112,29 @@ def load_base_model(
     dtype: str = "auto",
     load_in_4bit: bool = False,
     attn_implementation: str | None = None,
+    training: bool = False,
 ):
     """Load a causal LM for training or inference.
 
     Args:
         name_or_path: hub id, local path, or the built-in SmolLM2 id.
-        dtype: ``auto`` | ``float32`` | ``bfloat16`` | ``float16``.
+        dtype: ``auto`` | ``float32`` | ``bfloat16`` | ``float16`` (``auto``: see
+            :func:`~gamesense.models.hardware.load_dtype`).
         load_in_4bit: QLoRA base (NF4, double quantization, compute in ``dtype``); needs CUDA + bitsandbytes.
+        attn_implementation: ``auto`` (see :func:`~gamesense.models.hardware.attention_implementation`),
+            ``eager``, ``sdpa``, ``flash_attention_2``, or None for the library default.
+        training: load for training (weights dtype and attention chosen for training speed).
 
     Raises:
         RuntimeError: 4-bit requested without a CUDA GPU.
     """
     from transformers import AutoModelForCausalLM
 
-    torch_dtype = load_dtype(dtype)
+    torch_dtype = load_dtype(dtype, training)
     kwargs: dict = {"dtype": torch_dtype}
-    if attn_implementation:
-        kwargs["attn_implementation"] = attn_implementation
+    attention = attention_implementation(attn_implementation, training)
+    if attention:
+        kwargs["attn_implementation"] = attention
     if load_in_4bit:
         if not torch.cuda.is_available():
             raise RuntimeError("model.load_in_4bit (QLoRA) needs a CUDA GPU and bitsandbytes")

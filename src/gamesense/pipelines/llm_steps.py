@@ -24,10 +24,10 @@ import mlflow
 import yaml
 from pydantic import BaseModel
 
-from gamesense.config import LLMRecipe, resolve_data_path
+from gamesense.config import LLMRecipe
 from gamesense.registry.mlflow_store import attach_run, register_version, set_alias, setup_tracking
 from gamesense.registry.promotion import CHALLENGER, PromotionOutcome, promotion_gate
-from gamesense.settings import work_dir
+from gamesense.settings import data_path, work_dir
 from gamesense.tasks import get_task
 from gamesense.tasks.base import Record, Task
 from gamesense.training.stages import STAGE_DATA, STAGE_PRODUCES, StageResult
@@ -130,8 +130,11 @@ def prepare_data(recipe: LLMRecipe, resume: bool = False) -> PreparedData:
     """
     task = open_task(recipe)
     setup_tracking(recipe.registry.tracking_uri, recipe.registry.experiment)
-    train_file = resolve_data_path(recipe.data.train_file)
-    eval_file = resolve_data_path(recipe.data.eval_file)
+    train_file = data_path(recipe.data.train_file)
+    eval_file = data_path(recipe.data.eval_file)
+    for split, path in (("train", train_file), ("eval", eval_file)):
+        if not path.exists() and task.create_data(split, path):
+            log.info("%s file %s did not exist: the %s task wrote it", split, path, task.name)
     train = task.load(train_file, recipe.data.max_train_rows)
     evaluation = task.load(eval_file, recipe.data.max_eval_rows)
     _report_skipped("train", train)
@@ -168,6 +171,14 @@ def prepare_data(recipe: LLMRecipe, resume: bool = False) -> PreparedData:
                         resumed=previous is not None)  # fmt: skip
 
 
+def use_free_cores(recipe: LLMRecipe) -> None:
+    """Set PyTorch's threads from ``runtime.threads`` (auto: the cores other processes leave free now), and
+    say so."""
+    from gamesense.models.hardware import configure_threads
+
+    log.info(configure_threads(recipe.runtime.threads).describe())
+
+
 def evaluate_on_data(recipe: LLMRecipe, task: Task, model_ref: str, data: PreparedData, out_dir: Path, label: str):
     """Load ``model_ref`` and run the task's evaluations on the prepared evaluation records.
 
@@ -175,11 +186,16 @@ def evaluate_on_data(recipe: LLMRecipe, task: Task, model_ref: str, data: Prepar
         :class:`~gamesense.evaluation.runner.EvalResult`.
     """
     from gamesense.evaluation.runner import evaluate_model
+    from gamesense.models.hardware import release_memory
     from gamesense.models.refs import load_for_inference
 
+    use_free_cores(recipe)
     model = load_for_inference(model_ref, dtype=recipe.model.dtype)
-    return evaluate_model(model, task, data.eval.get("static"), out_dir, recipe.generation.max_new_tokens,
-                          recipe.generation.batch_size, label=label)  # fmt: skip
+    result = evaluate_model(model, task, data.eval.get("static"), out_dir, recipe.generation.max_new_tokens,
+                            recipe.generation.batch_size, label=label)  # fmt: skip
+    del model
+    release_memory()
+    return result
 
 
 def _log_evaluation(result, prefix: str = "", artifact_dir: str = "predictions") -> None:
@@ -266,6 +282,7 @@ def train_stage(recipe: LLMRecipe, data: PreparedData, stage: str, trained: Trai
     from accelerate import PartialState
 
     main = PartialState().is_main_process  # under DDP the other ranks train and log nothing
+    use_free_cores(recipe)
     setup_tracking(recipe.registry.tracking_uri, recipe.registry.experiment)
     with contextlib.ExitStack() as stack:
         if main:

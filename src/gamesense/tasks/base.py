@@ -83,6 +83,19 @@ class Policy(Protocol):
     def generate(self, prompts: Sequence[Messages]) -> list[str]: ...
 
 
+class CommandHost(Protocol):
+    """What a task's own CLI commands (:meth:`Task.commands`) may ask of the command line, which sits above
+    the task layer: a recipe's task, and a model reference loaded as a :class:`Policy`."""
+
+    def open_task(self, recipe: str | None, overrides: list[str] | None) -> tuple[Any, Task]:
+        """``(recipe, task)`` for a recipe name or file (None: the task's own recipe); exits on a bad recipe."""
+        ...
+
+    def load_policy(self, model: str, recipe: Any, task: Task) -> Policy:
+        """A model reference (base id/path, adapter dir, ``models:/...``) as a policy; exits if it cannot load."""
+        ...
+
+
 @dataclass
 class RolloutResult:
     """Outcome of :meth:`Task.rollout`.
@@ -133,6 +146,12 @@ class Task(ABC):
             except ValidationError as err:
                 raise RecipeError(format_validation_error(err, prefix="task_options.")) from None
 
+    @classmethod
+    def commands(cls, host: CommandHost) -> Any | None:
+        """Task-specific CLI commands, mounted as ``gamesense <name> ...``: a ``typer.Typer`` app, or None
+        (the default) for none."""
+        return None
+
     # --- data -------------------------------------------------------------------------------------------
 
     @abstractmethod
@@ -146,6 +165,19 @@ class Task(ABC):
         Raises:
             DataError: missing or unreadable file, wrong columns.
         """
+
+    def create_data(self, split: str, path: Path, progress: bool = True) -> bool:
+        """Write a data file the recipe names that does not exist yet, for tasks that can produce their own
+        data (e.g. by recording an expert playing). Default: cannot (returns False).
+
+        Args:
+            split: ``"train"`` or ``"eval"``.
+            path: the file to write.
+
+        Returns:
+            True when the file was written.
+        """
+        return False
 
     @abstractmethod
     def prompt(self, text: str) -> Messages:
@@ -196,8 +228,9 @@ class Task(ABC):
 
     # --- rollout evaluation ------------------------------------------------------------------------------
 
-    def rollout(self, policy: Policy, progress: bool = True) -> RolloutResult:
-        """Let ``policy`` act in the task's environment for the episodes the options define, and score them.
+    def rollout(self, policy: Policy, out_dir: Path, progress: bool = True) -> RolloutResult:
+        """Let ``policy`` act in the task's environment for the episodes the options define, and score them;
+        artifacts (GIFs, plots) go under ``out_dir``.
 
         Raises:
             NotImplementedError: the task has no rollout evaluation.

@@ -1,12 +1,17 @@
-"""Trainer callbacks shared by every training stage: a progress bar with throughput, and returning freed
-heap memory to the OS on CPU runs."""
+"""Trainer callbacks shared by every training stage: a progress bar with throughput, returning freed heap
+memory to the OS on CPU runs, and following the CPU cores other processes leave free."""
 
 from __future__ import annotations
 
+import logging
 import time
 
 import torch
 from transformers import TrainerCallback
+
+from gamesense.models.hardware import ThreadBalancer, trim_heap
+
+log = logging.getLogger(__name__)
 
 
 class ProgressWithThroughput(TrainerCallback):
@@ -57,22 +62,30 @@ class ReleaseFreedMemory(TrainerCallback):
     amortises that cost.
     """
 
-    def __init__(self, malloc_trim, every: int = 10):
-        self._trim, self.every = malloc_trim, every
+    def __init__(self, every: int = 10):
+        self.every = every
 
     @classmethod
     def create(cls, every: int = 10) -> ReleaseFreedMemory | None:
         """The callback, or None on a GPU run, with ``every=0``, or where the C library is not glibc."""
-        import ctypes
-        import ctypes.util
-
-        if torch.cuda.is_available() or every <= 0:
+        if torch.cuda.is_available() or every <= 0 or not trim_heap():
             return None
-        try:
-            return cls(ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").malloc_trim, every)
-        except (OSError, AttributeError):
-            return None
+        return cls(every)
 
     def on_step_end(self, args, state, control, **kwargs):
         if state.global_step % self.every == 0:
-            self._trim(0)
+            trim_heap()
+
+
+class FollowFreeCores(TrainerCallback):
+    """CPU runs with ``runtime.threads: auto``: after a step, at most every ``every_s`` seconds, re-choose the
+    thread count from the load other processes put on the machine (:class:`ThreadBalancer`), so a job that
+    starts beside the training slows it down gracefully instead of ~10x, and the cores come back when it ends."""
+
+    def __init__(self, every_s: float = 30.0):
+        self.balancer = ThreadBalancer(every_s)
+
+    def on_step_end(self, args, state, control, **kwargs):
+        plan = self.balancer.check()
+        if plan is not None:
+            log.info("CPU load changed at step %d: %s", state.global_step, plan.describe())

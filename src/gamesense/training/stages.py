@@ -34,9 +34,9 @@ from pydantic import BaseModel
 
 from gamesense.config import LLMRecipe, trl_config_class
 from gamesense.models.base import load_base_model, load_tokenizer, resolve_base_model
-from gamesense.models.hardware import load_dtype, resolve_bf16
+from gamesense.models.hardware import attention_implementation, load_dtype, release_memory, resolve_bf16
 from gamesense.tasks.base import Record, Task
-from gamesense.training.callbacks import ProgressWithThroughput, ReleaseFreedMemory
+from gamesense.training.callbacks import FollowFreeCores, ProgressWithThroughput, ReleaseFreedMemory
 
 log = logging.getLogger(__name__)
 
@@ -122,7 +122,7 @@ def lora_config(recipe: LLMRecipe, task_type: str = "CAUSAL_LM"):
 def _load_policy(recipe: LLMRecipe, adapter: Path | None):
     """``(model, peft_config)``: the base model with a new LoRA config, or with ``adapter`` loaded trainable."""
     model = load_base_model(recipe.model.base, dtype=recipe.model.dtype, load_in_4bit=recipe.model.load_in_4bit,
-                            attn_implementation=recipe.model.attn_implementation)  # fmt: skip
+                            attn_implementation=recipe.model.attn_implementation, training=True)  # fmt: skip
     if adapter is None:
         return model, lora_config(recipe)
     from peft import PeftModel
@@ -136,8 +136,11 @@ def load_reward_model(recipe: LLMRecipe, adapter: Path | None = None, seed: int 
     from transformers import AutoModelForSequenceClassification, set_seed
 
     set_seed(seed)
-    model = AutoModelForSequenceClassification.from_pretrained(
-        resolve_base_model(recipe.model.base), num_labels=1, dtype=load_dtype(recipe.model.dtype))
+    kwargs = {"num_labels": 1, "dtype": load_dtype(recipe.model.dtype, training=True)}
+    attention = attention_implementation(recipe.model.attn_implementation, training=True)
+    if attention:
+        kwargs["attn_implementation"] = attention
+    model = AutoModelForSequenceClassification.from_pretrained(resolve_base_model(recipe.model.base), **kwargs)
     tokenizer = load_tokenizer(recipe.model.base)
     model.config.pad_token_id = tokenizer.pad_token_id
     if adapter is not None:
@@ -148,7 +151,14 @@ def load_reward_model(recipe: LLMRecipe, adapter: Path | None = None, seed: int 
 
 
 def build_trainer(stage: str, inputs: StageInputs, args):
-    """The TRL trainer of ``stage`` on ``inputs`` with config ``args``."""
+    """The TRL trainer of ``stage`` on ``inputs`` with config ``args``, tuned for speed (see
+    :func:`_tune_for_speed`)."""
+    trainer = _new_trainer(stage, inputs, args)
+    _tune_for_speed(trainer.model, inputs.recipe, bool(args.bf16))
+    return trainer
+
+
+def _new_trainer(stage: str, inputs: StageInputs, args):
     from datasets import Dataset
 
     recipe, tokenizer = inputs.recipe, load_tokenizer(inputs.recipe.model.base)
@@ -229,6 +239,8 @@ def train_stage(stage: str, inputs: StageInputs) -> StageResult:
     release = ReleaseFreedMemory.create(recipe.runtime.trim_memory_every)
     if release is not None:
         trainer.add_callback(release)
+    if recipe.runtime.threads == "auto" and not torch.cuda.is_available():
+        trainer.add_callback(FollowFreeCores())
     started = time.perf_counter()
     output = trainer.train(resume_from_checkpoint=last_checkpoint)
     runtime = time.perf_counter() - started
@@ -255,8 +267,41 @@ def train_stage(stage: str, inputs: StageInputs) -> StageResult:
     }
     if stage == "reward" and inputs.eval_records:
         metrics["pairwise_accuracy"] = pairwise_accuracy(trainer, inputs.eval_records)
+    del trainer, output
+    release_memory()
     return StageResult(stage=stage, produces=STAGE_PRODUCES[stage], adapter_dir=str(adapter_dir), metrics=metrics,
                        log_history=history, is_main_process=main)  # fmt: skip
+
+
+def compile_layers(model) -> int:
+    """Compile each decoder layer in place with ``torch.compile`` (regional compilation: the layers share one
+    compiled graph, so compiling costs about one layer's worth instead of the whole model's: ~1 min instead of
+    ~6 on a 2-core CPU). Fuses the element-wise work around the matmuls (norms, rotary, SiLU, LoRA scaling,
+    dtype casts). Shapes are dynamic: batches of other lengths reuse the graph.
+
+    Returns:
+        the number of layers compiled (0 when the model has no ``layers`` list to compile).
+    """
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    decoder = getattr(base, "get_decoder", lambda: None)() or getattr(base, "model", None)
+    layers = getattr(decoder, "layers", None) or []
+    for layer in layers:
+        layer.compile(dynamic=True)
+    return len(layers)
+
+
+def _tune_for_speed(model, recipe: LLMRecipe, autocast: bool):
+    """Speed-ups that change no arithmetic: under bf16 autocast, PEFT no longer casts each adapter's input to
+    the adapter's fp32 dtype (autocast casts it back to bf16 for the matmul: two copies of every activation per
+    LoRA layer, ~15% of a CPU step); the decoder layers are compiled when ``runtime.compile`` is set."""
+    from peft.tuners.tuners_utils import BaseTunerLayer
+
+    if autocast:
+        for module in model.modules():
+            if isinstance(module, BaseTunerLayer):
+                module.cast_input_dtype_enabled = False
+    if recipe.runtime.compile:
+        compile_layers(model)
 
 
 def pairwise_accuracy(trainer, pairs: list[Record]) -> float:

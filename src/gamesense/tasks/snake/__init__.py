@@ -1,2 +1,6 @@
 """Snake game agent task: the game engine (``game``), text and GIF views (``render``), scripted agents
-(``agents``) and the JSONL trajectory format (``trajectories``)."""
+(``agents``), the JSONL trajectory format (``trajectories``) and the task plugin (``task``)."""
+
+from gamesense.tasks.snake.task import TASK, SnakeTask
+
+__all__ = ["TASK", "SnakeTask"]

@@ -360,12 +360,14 @@ class LoadReport:
         games: valid games in file order.
         skipped: ``(line_number, reason)`` of each invalid line, 1-based.
         lines: non-blank lines read (``len(games) + len(skipped)``).
+        game_lines: 1-based line number of each game in ``games``.
     """
 
     path: Path
     games: list[GameRecord]
     skipped: list[tuple[int, str]]
     lines: int
+    game_lines: list[int] = field(default_factory=list)
 
 
 def _reason(exc: ValidationError) -> str:
@@ -398,6 +400,7 @@ def load_trajectories(path: str | Path) -> LoadReport:
     if not path.is_file():
         raise ValueError(f"trajectory path is not a file: {path}")
     games: list[GameRecord] = []
+    game_lines: list[int] = []
     skipped: list[tuple[int, str]] = []
     lines = 0
     with path.open("rb") as handle:  # bytes: undecodable lines are reported like bad JSON
@@ -407,6 +410,7 @@ def load_trajectories(path: str | Path) -> LoadReport:
             lines += 1
             try:
                 games.append(GameRecordSchema.model_validate_json(raw).to_record())
+                game_lines.append(number)
             except ValidationError as exc:
                 skipped.append((number, _reason(exc)))
-    return LoadReport(path=path, games=games, skipped=skipped, lines=lines)
+    return LoadReport(path=path, games=games, skipped=skipped, lines=lines, game_lines=game_lines)
