@@ -11,6 +11,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from gamesense.config import resolve_data_path
+
 
 def home_dir() -> Path:
     """Cache directory shared across projects (``GAMESENSE_HOME`` or ``~/.cache/gamesense``), created on demand."""
@@ -32,8 +34,6 @@ WORKDIR_PLACEHOLDER = "{workdir}"
 def data_path(path: str | Path) -> Path:
     """A recipe's data path on disk: ``{workdir}`` replaced by :func:`work_dir` (for files a task writes
     itself), then resolved like :func:`gamesense.config.resolve_data_path`."""
-    from gamesense.config import resolve_data_path
-
     text = str(path)
     if WORKDIR_PLACEHOLDER in text:
         text = text.replace(WORKDIR_PLACEHOLDER, str(work_dir()))

@@ -54,6 +54,19 @@ def cut_at_stop(text: str, stop_strings: Sequence[str]) -> str:
     return text[:cut]
 
 
+def left_padded(rows: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Token-id rows as one left-padded batch: ``(input_ids, attention_mask, position_ids)``, each of shape
+    ``(len(rows), longest row)``; positions count from each row's first real token, so a padded row computes
+    what it would alone."""
+    width = max(len(r) for r in rows)
+    input_ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(rows), width), dtype=torch.long)
+    for i, ids in enumerate(rows):
+        input_ids[i, width - len(ids) :] = torch.tensor(ids)
+        mask[i, width - len(ids) :] = 1
+    return input_ids, mask, (mask.cumsum(-1) - 1).clamp(min=0)
+
+
 def last_token_logits(model, cache=None, **inputs) -> torch.Tensor:
     """Logits at the last position of each row, shape ``(batch, vocab)``: the decoder, then the LM head on
     that position only, as a 2-D matmul (on a strided 3-D slice torch.matmul expands the whole vocabulary
@@ -76,14 +89,7 @@ def _greedy_batch(model, rows: list[list[int]], pad_id: int, max_new_tokens: int
     from transformers import DynamicCache
 
     device = next(model.parameters()).device
-    width = max(len(r) for r in rows)
-    input_ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(rows), width), dtype=torch.long)
-    for i, ids in enumerate(rows):
-        input_ids[i, width - len(ids) :] = torch.tensor(ids)
-        mask[i, width - len(ids) :] = 1
-    positions = (mask.cumsum(-1) - 1).clamp(min=0)
-    input_ids, mask, positions = input_ids.to(device), mask.to(device), positions.to(device)
+    input_ids, mask, positions = (t.to(device) for t in left_padded(rows, pad_id))
 
     def next_tokens(**inputs) -> torch.Tensor:
         return last_token_logits(model, cache, **inputs).argmax(-1)

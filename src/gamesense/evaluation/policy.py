@@ -6,7 +6,7 @@ from collections.abc import Sequence
 
 import torch
 
-from gamesense.evaluation.generation import generate_batch, last_token_logits
+from gamesense.evaluation.generation import generate_batch, last_token_logits, left_padded
 from gamesense.tasks.base import Messages
 
 
@@ -100,16 +100,9 @@ class ModelPolicy:
         picks = [0] * len(prompt_ids)
         for start in range(0, len(order), self.batch_size):
             rows = order[start : start + self.batch_size]
-            width = max(len(prompt_ids[i]) for i in rows)
-            input_ids = torch.full((len(rows), width), pad, dtype=torch.long)
-            attention = torch.zeros((len(rows), width), dtype=torch.long)
-            for r, i in enumerate(rows):
-                ids = prompt_ids[i]
-                input_ids[r, width - len(ids) :] = torch.tensor(ids)
-                attention[r, width - len(ids) :] = 1
-            positions = (attention.cumsum(-1) - 1).clamp(min=0)
-            logits = last_token_logits(model, input_ids=input_ids.to(device), attention_mask=attention.to(device),
-                                       position_ids=positions.to(device)).float().cpu()  # fmt: skip
+            input_ids, attention, positions = (t.to(device) for t in left_padded([prompt_ids[i] for i in rows], pad))
+            logits = last_token_logits(model, input_ids=input_ids, attention_mask=attention, position_ids=positions)
+            logits = logits.float().cpu()
             for r, i in enumerate(rows):
                 picks[i] = int(logits[r, candidates[i]].argmax())
         return picks

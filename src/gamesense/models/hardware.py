@@ -104,6 +104,11 @@ class ThreadPlan:
                 f"OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY', 'default')}, {active_allocator()} heap)")  # fmt: skip
 
 
+def free_threads(cores: int, busy: float) -> int:
+    """One thread per core that ``busy`` cores of other work leave free, at least one."""
+    return max(1, min(cores, round(cores - busy)))
+
+
 def configure_threads(setting: int | str = "auto") -> ThreadPlan:
     """Set PyTorch's intra-op threads: ``setting`` threads, or for ``auto`` one per core that other processes
     leave free (at least one). On a 2-core machine beside one busy-loop process, LoRA training ran at 62
@@ -117,7 +122,7 @@ def configure_threads(setting: int | str = "auto") -> ThreadPlan:
     busy = 0.0
     if setting == "auto":
         busy = busy_cores()
-        threads = max(1, min(cores, round(cores - busy)))
+        threads = free_threads(cores, busy)
     else:
         threads = max(1, int(setting))
     torch.set_num_threads(threads)
@@ -160,7 +165,7 @@ class ThreadBalancer:
         wall = now[0] - self._last[0]
         others = max(0.0, ((now[1] - self._last[1]) - (now[2] - self._last[2])) / wall)
         self._last = now
-        threads = max(1, min(self.cores, round(self.cores - others)))
+        threads = free_threads(self.cores, others)
         if threads == torch.get_num_threads():
             return None
         torch.set_num_threads(threads)

@@ -9,7 +9,7 @@ import typer
 
 from gamesense.tasks.base import CommandHost
 from gamesense.tasks.snake.game import MAX_GRID, MIN_GRID
-from gamesense.tasks.snake.trajectories import AGENT_NAMES, RECORD_OUTCOMES, record_games
+from gamesense.tasks.snake.trajectories import AGENT_NAMES, RECORD_OUTCOMES, record_games, summarize
 
 
 def _summary_table(title: str, rows: dict[str, dict]):
@@ -61,8 +61,6 @@ def build(host: CommandHost) -> typer.Typer:
         overrides: Optional[list[str]] = typer.Option(None, "--set", "-s", help="override a recipe key"),
     ) -> None:
         """Let a model (or a scripted agent) play games from fixed seeds; prints scores, outcomes and moves/s."""
-        import statistics
-
         from rich.console import Console
 
         from gamesense.tasks.snake.render import save_gif
@@ -74,16 +72,9 @@ def build(host: CommandHost) -> typer.Typer:
         first = task.options.rollout.seed if seed is None else seed
         plan = [(g, first + i) for g in grid for i in range(games)]
         results, seconds = task.play(player, plan, max_steps, keep_states=[0] if gif else ())
-        rows = {}
-        for g in grid:
-            mine = [r for r in results if r.grid == g]
-            scores = [r.score for r in mine]
-            rows[f"{model} {g}x{g}"] = {
-                "games": len(mine), "mean_score": statistics.fmean(scores), "median_score": statistics.median(scores),
-                "mean_steps": statistics.fmean(r.steps for r in mine),
-                "outcomes": {o: sum(r.outcome == o for r in mine) for o in RECORD_OUTCOMES},
-                "moves_per_s": sum(r.steps for r in results) / seconds if seconds else None,
-            }  # fmt: skip
+        moves_per_s = sum(r.steps for r in results) / seconds if seconds else None  # all boards were played together
+        rows = {f"{model} {g}x{g}": {**summarize([r for r in results if r.grid == g]), "moves_per_s": moves_per_s}
+                for g in grid}  # fmt: skip
         cap = max_steps or task.options.rollout.max_steps
         Console().print(_summary_table(f"Snake, games capped at {cap} moves", rows))
         if gif:

@@ -271,7 +271,8 @@ def play_game(
 
 
 def summarize(records: list[GameRecord], seconds: float | None = None) -> dict[str, Any]:
-    """Summary statistics of games.
+    """Summary statistics of games (``GameRecord``s, or anything with ``score``, ``steps`` and ``outcome``,
+    such as the task's ``GameResult``).
 
     Returns:
         ``games``, ``moves`` (total), ``mean_score``, ``median_score``, ``max_score``, ``mean_steps``,
