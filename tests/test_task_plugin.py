@@ -88,7 +88,8 @@ def parity_recipe(tiny_model_dir, data: Path, stages: list[str], **sections) -> 
     recipe = {
         "task": "parity-test", "task_options": {"instruction": "even or odd?"},
         "model": {"base": str(tiny_model_dir), "dtype": "float32", "load_in_4bit": False, "attn_implementation": None},
-        "data": {"train_file": str(data), "eval_file": str(data), "max_train_rows": None, "max_eval_rows": None},
+        "data": {"train_file": str(data), "eval_file": str(data), "max_train_rows": None, "max_eval_rows": None,
+                 "max_eval_pairs": None},
         "lora": {"r": 2, "alpha": 4, "dropout": 0.0, "target_modules": "all-linear"},
         "stages": stages,
         "sft": {**trainer, "completion_only_loss": True, "max_length": 64},
@@ -144,10 +145,27 @@ def test_reward_model_then_grpo(workdir, tiny_model_dir, parity_file):
     stages = {r.stage: r for r in out.trained.results}
     assert list(stages) == ["sft", "reward", "grpo"]
     assert stages["reward"].produces == "reward_model" and 0.0 <= stages["reward"].metrics["pairwise_accuracy"] <= 1.0
+    started_from = json.loads(Path(stages["reward"].adapter_dir, "initialised_from.json").read_text())["policy_adapter"]
+    assert started_from == str(Path(stages["sft"].adapter_dir).resolve())  # the reward model starts from the SFT policy
     assert set(out.trained.evaluations) == {"sft", "grpo"}  # policies are evaluated, the reward model is not
     assert Path(stages["grpo"].adapter_dir, "adapter_model.safetensors").is_file()
     assert not Path(stages["grpo"].adapter_dir, "ref").exists()
     assert "grpo" in out.promotion["reason"] or out.promotion["version"] == "1"
+
+
+def test_grpo_with_bf16_frozen_base_generates_and_trains(workdir, tiny_model_dir, parity_file):
+    """CPU training stores the frozen base in bf16 and trains under bf16 autocast; GRPO also samples with
+    ``generate`` outside autocast, where the fp32 adapter must still meet bf16 activations."""
+    from gamesense.training.stages import StageInputs, train_stage
+
+    recipe = parity_recipe(tiny_model_dir, parity_file, ["grpo"])
+    recipe = recipe.model_copy(update={"model": recipe.model.model_copy(update={"dtype": "bfloat16"}),
+                                       "grpo": {**recipe.grpo, "bf16": True}})  # fmt: skip
+    task = get_task("parity-test", {"instruction": "even or odd?"})
+    records = [{k: v for k, v in r.items() if k != "completion"} for r in task.sft_records(task.load(parity_file).examples)]
+    result = train_stage("grpo", StageInputs(recipe=recipe, task=task, train_records=records, stage_dir=workdir / "grpo",
+                                             show_progress=False))  # fmt: skip
+    assert result.metrics["train_steps"] == 1 and result.metrics["train_bf16"] == 1.0
 
 
 def test_dpo_after_sft(workdir, tiny_model_dir, parity_file):

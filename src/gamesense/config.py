@@ -234,9 +234,12 @@ class DataSection(StrictModel):
     """Training and evaluation files (in the task's format)."""
 
     train_file: str = Field(description="training file (CSV or JSONL in the task's format)")
-    eval_file: str = Field(description="evaluation file, used only for evaluation and the promotion gate")
+    eval_file: str | None = Field(description="evaluation file, used only for evaluation and the promotion gate "
+                                  "(null: a validation slice the task holds back from train_file)")
     max_train_rows: int | None = Field(ge=1, description="use only the first N training rows (null: all)")
     max_eval_rows: int | None = Field(ge=1, description="use only the first N evaluation rows (null: all)")
+    max_eval_pairs: int | None = Field(ge=1, description="score a reward stage on at most N held-out preference pairs "
+                                       "(a seeded sample; null: all)")  # fmt: skip
 
 
 class LoraSection(StrictModel):

@@ -220,19 +220,184 @@ def evaluate(
 
 @app.command()
 def generate(
-    text: str = typer.Argument(..., help="the user's input, formatted as the task's prompt"),
+    text: Optional[str] = typer.Argument(None, help="the user's input, formatted as the task's prompt (or give --file)"),
     model: str = typer.Option(..., "--model", "-m", help="as for evaluate, e.g. models:/gamesense-TASK@champion"),
+    file: Optional[str] = typer.Option(None, "--file", "-f", help="UTF-8 text file, one input per line (blank lines "
+                                       "are skipped and reported); decoded in batches of generation.batch_size"),  # fmt: skip
+    output: Optional[str] = typer.Option(None, "--output", "-o", help="with --file: write one JSON object per input "
+                                         'line, {"line", "input", "output", "raw"}, here (default: print one output '
+                                         "per line, newlines inside an output shown as \\n)"),  # fmt: skip
     recipe: Optional[str] = RecipeOpt,
     overrides: Optional[list[str]] = SetOpt,
 ) -> None:
-    """One prediction, for trying a model by hand."""
+    """Predictions for trying a model by hand: one for TEXT, or one per line of --file. Greedy decoding with
+    the task's prompt, stop strings and output parsing, as in evaluation."""
+    import json
+    from pathlib import Path
+
     from gamesense.evaluation.generation import generate_batch
+
+    # check the arguments before loading anything: a mistake must not cost a model load
+    if (text is None) == (file is None):
+        fail("give either TEXT or --file (exactly one)")
+    if text is not None and not text.strip():
+        fail("TEXT is empty: give the input to predict for")
+    if output is not None and file is None:
+        fail("--output needs --file")
+    if output is not None and Path(output).resolve() == Path(file).resolve():
+        fail(f"--output {output} is the input file: choose another path")
+    inputs = [(1, text)] if file is None else _read_input_lines(file)
 
     config, task = _recipe_and_task(recipe, overrides, model)
     loaded = _load_model(model, config)
-    out = generate_batch(loaded.model, loaded.tokenizer, [task.prompt(text)], max_new_tokens=config.generation.max_new_tokens,
-                         stop_strings=task.stop_strings, progress=False)  # fmt: skip
-    typer.echo(task.parse_output(out.texts[0]))
+    result = generate_batch(loaded.model, loaded.tokenizer, [task.prompt(t) for _, t in inputs],
+                            max_new_tokens=config.generation.max_new_tokens, batch_size=config.generation.batch_size,
+                            stop_strings=task.stop_strings, progress=file is not None)  # fmt: skip
+    answers = [task.parse_output(raw) for raw in result.texts]
+    if file is None:
+        typer.echo(answers[0])
+    elif output is None:
+        for answer in answers:
+            typer.echo(answer.replace("\n", "\\n"))  # one line per input, whatever the answer holds
+    else:
+        path = Path(output)
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            with path.open("w", encoding="utf-8") as out:
+                for (line, prompt), answer, raw in zip(inputs, answers, result.texts):
+                    out.write(json.dumps({"line": line, "input": prompt, "output": answer, "raw": raw}, ensure_ascii=False) + "\n")
+        except OSError as err:
+            fail(f"cannot write {output}: {err.strerror or err}")
+        typer.echo(f"wrote {len(inputs)} predictions to {output} ({result.tokens_per_s:.0f} tokens/s)", err=True)
+
+
+def _read_input_lines(file: str) -> list[tuple[int, str]]:
+    """``(line number, stripped text)`` for every non-blank line of a UTF-8 file (a BOM is ignored); blank
+    lines are reported on stderr. Exits with code 2 for a file that cannot be read, is not UTF-8, or has no
+    non-blank line."""
+    from pathlib import Path
+
+    try:
+        data = Path(file).read_bytes()
+    except OSError as err:
+        fail(f"cannot read --file {file}: {err.strerror or err}")
+    try:
+        content = data.decode("utf-8-sig")
+    except UnicodeDecodeError as err:
+        line = data[: err.start].count(b"\n") + 1
+        fail(f"--file {file} is not UTF-8 text: {err.reason} at line {line} (byte {err.start})")
+    # split on "\n" only: str.splitlines also splits on form feeds and other separators, shifting line numbers
+    lines = content.split("\n")
+    if lines and lines[-1] == "":
+        lines.pop()  # the final newline ends the last line, it does not start a blank one
+    inputs = [(n, line.strip()) for n, line in enumerate(lines, start=1) if line.strip()]
+    blank = [n for n, line in enumerate(lines, start=1) if not line.strip()]
+    if blank:
+        shown = ", ".join(map(str, blank[:20])) + (", ..." if len(blank) > 20 else "")
+        typer.secho(f"skipped {len(blank)} blank line(s) of {file}: {shown}", fg="yellow", err=True)
+    if not inputs:
+        fail(f"--file {file} has no input: every line is blank")
+    return inputs
+
+
+CHAT_MIN_NEW_TOKENS = 256  # a chat reply cap: the recipe's cap is sized for the task's short answers
+_CHAT_HELP = """commands:
+  /reset         forget the conversation (the next message starts over with the task's prompt)
+  /help          this help
+  /exit, /quit   leave (Ctrl-D too)
+anything else is sent to the model; Ctrl-C while it answers stops the reply"""
+
+
+@app.command()
+def chat(
+    model: str = typer.Option(..., "--model", "-m", help="as for evaluate, e.g. models:/gamesense-TASK@champion"),
+    recipe: Optional[str] = RecipeOpt,
+    overrides: Optional[list[str]] = SetOpt,
+    temperature: float = typer.Option(0.7, min=0.0, help="sampling temperature; 0: greedy decoding"),
+    top_p: float = typer.Option(0.9, "--top-p", help="nucleus sampling: keep the most likely tokens up to this "
+                                "probability mass, in (0, 1] (1: all)"),  # fmt: skip
+    repetition_penalty: float = typer.Option(1.1, "--repetition-penalty", help="> 1 discourages tokens already in "
+                                             "the conversation (1: none); applies when greedy too"),  # fmt: skip
+    max_new_tokens: Optional[int] = typer.Option(None, "--max-new-tokens", min=1, help="cap on each reply's tokens "
+                                                 f"(default: the recipe's generation.max_new_tokens, at least {CHAT_MIN_NEW_TOKENS}, at most half "
+                                                 "the model's context)"),  # fmt: skip
+    seed: Optional[int] = typer.Option(None, help="seed the sampler: the same inputs then get the same replies"),
+    stop: bool = typer.Option(True, "--stop/--no-stop", help="end each reply at the task's stop strings (e.g. a "
+                              "newline for one-line answers), as generate does; --no-stop: only at EOS or the cap"),  # fmt: skip
+) -> None:
+    """Talk to any model in the terminal. The first message is wrapped in the task's prompt (its system
+    instruction), later ones are added to the conversation, whose oldest turns are dropped when it outgrows
+    the model's context. Replies are sampled (--temperature, --top-p) and printed as they come; type /help
+    for the commands. --temperature 0 --repetition-penalty 1 --max-new-tokens <the recipe's> answers the
+    first message exactly as `gamesense generate` does."""
+    import sys
+
+    from gamesense.evaluation import generation as gen
+
+    if not 0 < top_p <= 1:
+        fail(f"--top-p {top_p} is not in (0, 1]")
+    if repetition_penalty <= 0:
+        fail(f"--repetition-penalty {repetition_penalty} must be > 0")
+    config, task = _recipe_and_task(recipe, overrides, model)
+    loaded = _load_model(model, config)
+    tokenizer = loaded.tokenizer
+    context = getattr(loaded.model.config, "max_position_embeddings", None)
+    new_tokens = max_new_tokens or max(config.generation.max_new_tokens, CHAT_MIN_NEW_TOKENS)
+    if max_new_tokens is None and context:
+        new_tokens = min(new_tokens, context // 2)  # the default must leave room for the conversation
+    stops = task.stop_strings if stop else ()
+    stop_ids = gen.stop_token_ids(tokenizer, stops)  # scans the vocabulary: once per session
+    budget = None if context is None else context - new_tokens  # prompt tokens that leave room for a reply
+    if budget is not None and budget < 1:
+        fail(f"--max-new-tokens {new_tokens} leaves no room for a prompt in the model's context of {context} tokens")
+    if seed is not None:
+        from transformers import set_seed
+
+        set_seed(seed)
+    if sys.stdin.isatty():
+        import readline  # noqa: F401  (line editing and history for input())
+
+    typer.echo(f"chat with {loaded.description} (task {task.name}); /help for commands, /exit or Ctrl-D to leave", err=True)
+    streamer = gen.text_streamer(tokenizer, stops)
+    history: list[dict] = []
+    while True:
+        try:
+            text = input("you> ").strip()
+        except (EOFError, KeyboardInterrupt):
+            typer.echo()
+            break
+        if not text:
+            continue
+        if text.startswith("/"):
+            command = text.lower()
+            if command in ("/exit", "/quit"):
+                break
+            if command == "/reset":
+                history = []
+                typer.echo("(conversation cleared)")
+            elif command == "/help":
+                typer.echo(_CHAT_HELP)
+            else:
+                typer.echo(f"unknown command {text}: /help lists the commands")
+            continue
+        messages = history + [{"role": "user", "content": text}] if history else task.prompt(text)
+        try:
+            messages, dropped = gen.fit_to_context(tokenizer, messages, budget)
+        except ValueError as err:
+            typer.secho(f"error: {err}", fg="red", err=True)
+            continue
+        if dropped:
+            typer.echo(f"(dropped the {dropped} oldest messages: the conversation outgrew the model's context of "
+                       f"{context} tokens)", err=True)  # fmt: skip
+        typer.echo("model> ", nl=False)
+        try:
+            reply = gen.sample_chat(loaded.model, tokenizer, messages, new_tokens, temperature, top_p, repetition_penalty,
+                                stops, stop_ids, streamer=streamer)  # fmt: skip
+        except KeyboardInterrupt:
+            streamer.end()
+            typer.echo("(reply stopped; the conversation is as before this message)")
+            continue
+        history = messages + [{"role": "assistant", "content": reply}]
 
 
 @models_app.command("list")

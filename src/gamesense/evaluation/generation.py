@@ -167,3 +167,150 @@ def generate_batch(
         bar.set_postfix(tok_s=f"{generated / max(time.perf_counter() - started, 1e-9):.0f}")
     bar.close()
     return GenerationResult(texts=texts, generated_tokens=generated, seconds=time.perf_counter() - started)
+
+
+# --- interactive chat: sampling through transformers' generate --------------------------------------------
+
+
+def fit_to_context(tokenizer, messages: list[dict], max_prompt_tokens: int | None) -> tuple[list[dict], int]:
+    """Drop the oldest turns of a conversation until its chat prompt fits in ``max_prompt_tokens``.
+
+    Leading system messages are always kept; after them, messages are dropped from the front until the
+    prompt fits and the kept conversation starts with a user message again (so whole turns go).
+
+    Args:
+        tokenizer: the model's tokenizer, with a chat template.
+        messages: role/content dicts, oldest first; the last one is the user's new message.
+        max_prompt_tokens: the most tokens the prompt (generation prompt included) may have; None: no limit.
+
+    Returns:
+        ``(kept messages, number of messages dropped)``.
+
+    Raises:
+        ValueError: the system messages and the last message alone are longer than ``max_prompt_tokens``.
+    """
+
+    def length(msgs: list[dict]) -> int:
+        return len(tokenizer.apply_chat_template(msgs, tokenize=True, add_generation_prompt=True, return_dict=False))
+
+    if max_prompt_tokens is None or length(messages) <= max_prompt_tokens:
+        return messages, 0
+    n_system = next((i for i, m in enumerate(messages) if m["role"] != "system"), len(messages))
+    system, turns = messages[:n_system], messages[n_system:]
+    for start in range(1, len(turns)):
+        if turns[start]["role"] == "user" and length(system + turns[start:]) <= max_prompt_tokens:
+            return system + turns[start:], start
+    raise ValueError(f"the message is too long: its prompt is {length(system + turns[-1:])} tokens and at most "
+                     f"{max_prompt_tokens} fit (the model's context less the tokens kept for the reply)")  # fmt: skip
+
+
+def text_streamer(tokenizer, stop_strings: Sequence[str] = (), write=None):
+    """A transformers ``TextStreamer`` for :func:`sample_chat` that writes the reply as it comes (whole
+    words; special tokens, the prompt and leading whitespace left out) and stops writing at the first stop
+    string, like the text :func:`sample_chat` returns. A stop string longer than one character that spans two written chunks may
+    show its beginning.
+
+    Args:
+        tokenizer: the model's tokenizer.
+        stop_strings: as for :func:`sample_chat`.
+        write: called with each new piece of text, then with ``"\\n"`` at the end; default: stdout, flushed.
+    """
+    import sys
+
+    from transformers import TextStreamer
+
+    def to_stdout(piece: str) -> None:
+        sys.stdout.write(piece)
+        sys.stdout.flush()
+
+    out = write or to_stdout
+
+    class _StopStreamer(TextStreamer):
+        shown, stopped = "", False  # the reply's text so far (cut at a stop string), whether it was cut
+
+        def on_finalized_text(self, text: str, stream_end: bool = False) -> None:
+            if not self.stopped and text:
+                kept = cut_at_stop(self.shown + text, stop_strings)
+                self.stopped = len(kept) < len(self.shown) + len(text)
+                piece = kept[len(self.shown) :]
+                if not self.shown.strip():  # leading whitespace is left out (after the cut: a stop string stops)
+                    piece = piece.lstrip()
+                self.shown = kept
+                if piece:
+                    out(piece)
+            if stream_end:
+                out("\n")
+                self.shown, self.stopped = "", False  # ready for the next reply
+
+    return _StopStreamer(tokenizer, skip_prompt=True, skip_special_tokens=True)
+
+
+@torch.inference_mode()
+def sample_chat(
+    model,
+    tokenizer,
+    messages: list[dict],
+    max_new_tokens: int = 256,
+    temperature: float = 0.7,
+    top_p: float = 0.9,
+    repetition_penalty: float = 1.1,
+    stop_strings: Sequence[str] = (),
+    stop_ids: Sequence[int] | None = None,
+    streamer=None,
+) -> str:
+    """One reply to a conversation, decoded by transformers' ``model.generate``: sampling with temperature
+    and nucleus (top-p) filtering, or greedy at temperature 0 (then, with ``repetition_penalty=1``, the same
+    text as :func:`generate_batch` for the same prompt and stop strings).
+
+    Sampling draws from torch's global random state: seed it (``transformers.set_seed``) for repeatable
+    replies.
+
+    Args:
+        model: a causal LM in eval mode.
+        tokenizer: its tokenizer, with a chat template.
+        messages: role/content dicts, oldest first, the last one the user's; the whole list is one prompt
+            (fit it to the model's context first, see :func:`fit_to_context`).
+        max_new_tokens: cap on the reply's tokens (>= 1).
+        temperature: divides the logits before sampling (> 0); 0: greedy decoding.
+        top_p: sample from the smallest set of tokens whose probabilities sum to at least this, in (0, 1];
+            1: no filtering. Ignored when greedy. No top-k filtering is applied.
+        repetition_penalty: divides the (positive) logits of tokens already in the prompt or reply (> 0,
+            1: none); applies to greedy decoding too.
+        stop_strings: the reply ends at the first of these (and at EOS); the text is cut there.
+        stop_ids: :func:`stop_token_ids` of ``stop_strings``, precomputed (it scans the vocabulary); None:
+            computed here.
+        streamer: a transformers streamer (e.g. from :func:`text_streamer`) given the tokens as they come.
+
+    Returns:
+        The reply: special tokens removed, cut at the first stop string.
+
+    Raises:
+        ValueError: ``max_new_tokens < 1``, ``temperature < 0``, ``top_p`` outside (0, 1] or
+            ``repetition_penalty <= 0``.
+    """
+    if max_new_tokens < 1 or temperature < 0 or not 0 < top_p <= 1 or repetition_penalty <= 0:
+        raise ValueError(f"bad sampling settings: max_new_tokens={max_new_tokens} (>= 1), temperature={temperature} "
+                         f"(>= 0), top_p={top_p} (in (0, 1]), repetition_penalty={repetition_penalty} (> 0)")  # fmt: skip
+    device = next(model.parameters()).device
+    inputs = tokenizer.apply_chat_template(messages, tokenize=True, add_generation_prompt=True, return_dict=True,
+                                           return_tensors="pt").to(device)  # fmt: skip
+    if stop_ids is None:
+        stop_ids = stop_token_ids(tokenizer, stop_strings)
+    long_stops = [s for s in stop_strings if len(s) > 1]
+    # top_k=0 so that only temperature and top-p shape the distribution, whatever the model's defaults
+    decoding = {"do_sample": False}
+    if temperature > 0:
+        decoding = {"do_sample": True, "temperature": temperature, "top_p": top_p, "top_k": 0}
+    out = model.generate(
+        **inputs,
+        **decoding,
+        max_new_tokens=max_new_tokens,
+        repetition_penalty=repetition_penalty,
+        eos_token_id=list(stop_ids),
+        pad_token_id=tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id,
+        stop_strings=long_stops or None,
+        tokenizer=tokenizer if long_stops else None,
+        streamer=streamer,
+    )
+    reply = out[0, inputs["input_ids"].shape[1] :]
+    return cut_at_stop(tokenizer.decode(reply, skip_special_tokens=True), stop_strings)

@@ -21,7 +21,8 @@ class EvalResult:
         metrics: the task's metrics; static evaluations add ``gen_tokens_per_s`` and ``eval_seconds``.
         predictions_path: JSONL, one record per evaluation example (its columns, prediction, raw output,
             per-row scores); None without a static evaluation.
-        artifacts: files from a rollout evaluation (GIFs, plots), name -> path.
+        artifacts: pictures of the evaluation (a static evaluation's confusion matrix, a rollout's GIFs and
+            plots), name -> path.
     """
 
     metrics: dict[str, float]
@@ -40,7 +41,7 @@ def evaluate_static(
     progress: bool = True,
 ) -> EvalResult:
     """Greedy-decode every record's prompt, parse and score the outputs with the task's metrics, and write
-    the predictions JSONL.
+    the predictions JSONL and the task's evaluation artifacts (next to it).
 
     Args:
         model: an :class:`~gamesense.models.refs.InferenceModel`.
@@ -65,7 +66,8 @@ def evaluate_static(
             row = {k: v for k, v in record.items() if k != "prompt"}
             row.update(prediction=prediction, raw=raw, **task.row_scores(prediction, record))
             handle.write(json.dumps(row, ensure_ascii=False) + "\n")
-    return EvalResult(metrics=metrics, predictions_path=path)
+    artifacts = task.evaluation_artifacts(predictions, records, path.parent)
+    return EvalResult(metrics=metrics, predictions_path=path, artifacts=artifacts)
 
 
 def evaluate_model(
@@ -100,8 +102,8 @@ def evaluate_model(
 
 
 def metrics_table(columns: dict[str, dict[str, float]], title: str = "evaluation", order: Sequence[str] = ()):
-    """A rich ``Table``: one row per metric (``order`` first, the rest sorted; ``n`` left out), one column per
-    model (e.g. ``base`` and ``fine-tuned``)."""
+    """A rich ``Table``: one row per metric (``order`` first, the rest sorted; counts ``n`` / ``*_n`` left out),
+    one column per model (e.g. ``base`` and ``fine-tuned``)."""
     from rich.table import Table
 
     table = Table(title=title)
@@ -109,7 +111,7 @@ def metrics_table(columns: dict[str, dict[str, float]], title: str = "evaluation
     for name in columns:
         table.add_column(name, justify="right")
     keys = [k for k in order if any(k in m for m in columns.values())]
-    keys += sorted({k for m in columns.values() for k in m} - set(keys) - {"n"})
+    keys += sorted(k for k in {k for m in columns.values() for k in m} - set(keys) if k != "n" and not k.endswith("_n"))
     for key in keys:
         cells = []
         for metrics in columns.values():

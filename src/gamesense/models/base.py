@@ -9,8 +9,10 @@ refuses GGUF-quantized models, hence the plain copy. Any other hub id or local p
 
 from __future__ import annotations
 
+import contextlib
 import importlib.metadata
 import logging
+from collections.abc import Iterator
 from pathlib import Path
 
 import torch
@@ -147,10 +149,39 @@ def load_base_model(
             bnb_4bit_compute_dtype=torch_dtype,
         )
         kwargs["device_map"] = {"": torch.cuda.current_device()}
-    elif torch.cuda.is_available():
+    elif torch.cuda.is_available() and not _deepspeed_zero3_loading():  # zero.Init places the shards itself
         kwargs["device_map"] = {"": torch.cuda.current_device()}
     model = AutoModelForCausalLM.from_pretrained(resolve_base_model(name_or_path), **kwargs)
     tokenizer = load_tokenizer(name_or_path)
     if model.config.pad_token_id is None or model.config.pad_token_id == model.config.eos_token_id:
         model.config.pad_token_id = tokenizer.pad_token_id
     return model
+
+
+def _deepspeed_zero3_loading() -> bool:
+    """True while a DeepSpeed ZeRO-3 config is registered with transformers: ``from_pretrained`` then loads
+    under ``zero.Init`` (already partitioned) and refuses a ``device_map``."""
+    from transformers.integrations.deepspeed import is_deepspeed_zero3_enabled
+
+    return is_deepspeed_zero3_enabled()
+
+
+@contextlib.contextmanager
+def whole_weights() -> Iterator[None]:
+    """Inside this block, models load whole even in a process that trains under DeepSpeed ZeRO-3.
+
+    A ZeRO-3 ``TrainingArguments`` registers its DeepSpeed config with transformers (a module-level weakref,
+    kept alive by accelerate's state after the trainer is gone); while it is registered, every
+    ``from_pretrained`` loads the weights already partitioned (size-0 tensors on each rank), which cannot be
+    merged with an adapter (``The size of tensor a (0) must match ...``), and ``generate`` waits for the other
+    ranks (``synced_gpus``). The registration is lifted for the block and put back after it, so a trainer built
+    afterwards still shards its model. Without DeepSpeed nothing is registered and nothing changes.
+    """
+    from transformers.integrations import deepspeed as hf_deepspeed
+
+    registered = hf_deepspeed._hf_deepspeed_config_weak_ref
+    hf_deepspeed.unset_hf_deepspeed_config()
+    try:
+        yield
+    finally:
+        hf_deepspeed._hf_deepspeed_config_weak_ref = registered

@@ -17,6 +17,7 @@ import contextlib
 import hashlib
 import json
 import logging
+import random
 from pathlib import Path
 from typing import Any
 
@@ -25,11 +26,12 @@ import yaml
 from pydantic import BaseModel
 
 from gamesense.config import LLMRecipe
+from gamesense.models.base import whole_weights
 from gamesense.registry.mlflow_store import attach_run, register_version, set_alias, setup_tracking
 from gamesense.registry.promotion import CHALLENGER, PromotionOutcome, promotion_gate
 from gamesense.settings import data_path, work_dir
 from gamesense.tasks import get_task
-from gamesense.tasks.base import Record, Task
+from gamesense.tasks.base import LoadReport, Record, Task
 from gamesense.training.stages import STAGE_DATA, STAGE_PRODUCES, StageResult
 
 log = logging.getLogger(__name__)
@@ -131,13 +133,20 @@ def prepare_data(recipe: LLMRecipe, resume: bool = False) -> PreparedData:
     task = open_task(recipe)
     setup_tracking(recipe.registry.tracking_uri, recipe.registry.experiment)
     train_file = data_path(recipe.data.train_file)
-    eval_file = data_path(recipe.data.eval_file)
+    eval_file = data_path(recipe.data.eval_file) if recipe.data.eval_file else None
     for split, path in (("train", train_file), ("eval", eval_file)):
-        if not path.exists() and task.create_data(split, path):
+        if path is not None and not path.exists() and task.create_data(split, path):
             log.info("%s file %s did not exist: the %s task wrote it", split, path, task.name)
     train = task.load(train_file, recipe.data.max_train_rows)
-    evaluation = task.load(eval_file, recipe.data.max_eval_rows)
     _report_skipped("train", train)
+    if eval_file is None:  # the task holds back its own validation slice of the training data
+        held_in, held_out = task.split_validation(train.examples)
+        evaluation = LoadReport(path=f"{train_file} (validation slice)", examples=held_out[: recipe.data.max_eval_rows])
+        train.examples = held_in
+        log.info("validation slice of %s: %d examples held out, %d left for training", train_file,
+                 len(evaluation.examples), len(held_in))  # fmt: skip
+    else:
+        evaluation = task.load(eval_file, recipe.data.max_eval_rows)
     _report_skipped("eval", evaluation)
 
     from gamesense.training.stages import stage_records
@@ -147,7 +156,11 @@ def prepare_data(recipe: LLMRecipe, resume: bool = False) -> PreparedData:
     if "static" in task.evaluation:
         eval_records["static"] = task.eval_records(evaluation.examples)
     if "preference" in train_records:
-        eval_records["preference"] = task.preference_records(evaluation.examples)
+        pairs = task.preference_records(evaluation.examples)
+        limit = recipe.data.max_eval_pairs
+        if limit is not None and len(pairs) > limit:  # a seeded sample, in file order
+            pairs = [pairs[i] for i in sorted(random.Random(0).sample(range(len(pairs)), limit))]
+        eval_records["preference"] = pairs
 
     previous = _unfinished_run(task.name) if resume else None
     if resume and previous is None:
@@ -163,10 +176,10 @@ def prepare_data(recipe: LLMRecipe, resume: bool = False) -> PreparedData:
         mlflow.log_text(yaml.safe_dump(recipe.model_dump(), sort_keys=False), "recipe.yaml")
         mlflow.log_metrics({k: float(v) for k, v in counts.items()})
         mlflow.log_dict({"train": train.skipped, "eval": evaluation.skipped}, "data/skipped_rows.json")
-        mlflow.set_tags({"gamesense.task": task.name, "eval_file": str(eval_file), "eval_sha256": eval_sha})
+        mlflow.set_tags({"gamesense.task": task.name, "eval_file": evaluation.path, "eval_sha256": eval_sha})
     mlflow.end_run()
     _last_run_file(task.name).write_text(json.dumps({"run_id": run.info.run_id, "run_dir": str(run_dir), "finished": False}))
-    return PreparedData(run_id=run.info.run_id, run_dir=str(run_dir), train_file=str(train_file), eval_file=str(eval_file),
+    return PreparedData(run_id=run.info.run_id, run_dir=str(run_dir), train_file=str(train_file), eval_file=evaluation.path,
                         eval_sha256=eval_sha, counts=counts, train=train_records, eval=eval_records,
                         resumed=previous is not None)  # fmt: skip
 
@@ -179,6 +192,7 @@ def use_free_cores(recipe: LLMRecipe) -> None:
     log.info(configure_threads(recipe.runtime.threads).describe())
 
 
+@whole_weights()  # loaded whole and generating alone on the main process, also after ZeRO-3 training
 def evaluate_on_data(recipe: LLMRecipe, task: Task, model_ref: str, data: PreparedData, out_dir: Path, label: str):
     """Load ``model_ref`` and run the task's evaluations on the prepared evaluation records.
 
@@ -203,7 +217,7 @@ def _log_evaluation(result, prefix: str = "", artifact_dir: str = "predictions")
     if result.predictions_path is not None:
         mlflow.log_artifact(str(result.predictions_path), artifact_dir)
     for path in result.artifacts.values():
-        mlflow.log_artifact(str(path), "rollout")
+        mlflow.log_artifact(str(path), "evaluation")
 
 
 def evaluate_base(recipe: LLMRecipe, data: PreparedData) -> dict[str, float]:
@@ -405,10 +419,13 @@ def run_local(recipe: LLMRecipe, resume: bool = False) -> PipelineOutcome | None
     Under ``accelerate launch`` (several processes), every process trains on its shard (DDP) while the main
     process alone prepares the data, evaluates, registers and promotes; the others return None.
     """
+    import torch
     from accelerate import PartialState
     from accelerate.utils import broadcast_object_list
 
-    state = PartialState()
+    # on CPU, processes started by torchrun / accelerate launch form a (gloo) group only when the state is
+    # created for CPU; alone it is the same single-process state, as the trainer's arguments create it on CPU
+    state = PartialState(cpu=not torch.cuda.is_available())
     shared: list = [None]
     with contextlib.ExitStack() as stack:
         if state.is_main_process:

@@ -10,8 +10,10 @@ and exposes it as ``TASK``. The generic layers only talk to this interface:
   ``rejected``) and :meth:`Task.reward_functions` with TRL's signature ``(completions, **columns) ->
   list[float]``; any other key of a record is a column that reward functions and scorers receive;
 - **evaluation**: static (:meth:`Task.eval_records` -> decode -> :meth:`Task.parse_output` ->
-  :meth:`Task.compute_metrics`) and/or rollout (:meth:`Task.rollout`: act in an environment through a
-  :class:`Policy` for episodes and score the episodes), and the gate metric;
+  :meth:`Task.compute_metrics`, plus :meth:`Task.evaluation_artifacts` such as a confusion matrix) and/or
+  rollout (:meth:`Task.rollout`: act in an environment through a :class:`Policy` for episodes and score the
+  episodes), and the gate metric; :meth:`Task.split_validation` when the task holds back its own
+  validation slice;
 - **options**: :attr:`Task.Options`, the task's own pydantic model for the recipe's ``task_options``.
 
 Data flows one way: typed examples -> records -> trainer / evaluator.
@@ -179,6 +181,19 @@ class Task(ABC):
         """
         return False
 
+    def split_validation(self, examples: Sequence[Any]) -> tuple[list[Any], list[Any]]:
+        """Hold back a validation slice of the training examples, used when the recipe's ``data.eval_file``
+        is null (model selection and the promotion gate then use the slice; evaluation commands still take
+        any file).
+
+        Returns:
+            ``(train, validation)``: disjoint, together every example once, deterministic.
+
+        Raises:
+            NotImplementedError: the task holds back no slice (set ``data.eval_file``).
+        """
+        raise NotImplementedError(f"task {self.name!r} holds back no validation slice: set data.eval_file")
+
     @abstractmethod
     def prompt(self, text: str) -> Messages:
         """Chat messages for a raw user input (what ``gamesense generate TEXT`` sends)."""
@@ -224,6 +239,11 @@ class Task(ABC):
 
     def row_scores(self, prediction: str, record: Record) -> dict[str, Any]:
         """Per-row scores written next to each prediction (default: none)."""
+        return {}
+
+    def evaluation_artifacts(self, predictions: Sequence[str], records: Sequence[Record], out_dir: Path) -> dict[str, Path]:
+        """Pictures or tables of a static evaluation worth keeping with the run (e.g. a confusion matrix),
+        written under ``out_dir``; name -> path. Default: none."""
         return {}
 
     # --- rollout evaluation ------------------------------------------------------------------------------

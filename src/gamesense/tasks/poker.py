@@ -1,4 +1,6 @@
-"""PokerBench task: read a 6-max No-Limit Hold'em spot, answer the solver's action.
+"""PokerBench task: read a 6-max No-Limit Hold'em spot, answer the solver's action. The loader, prompts,
+metric, preference pairs and rule reward below are pure functions; :class:`PokerTask` (``TASK``) plugs them
+into the generic layers (recipes ``poker.yaml``: sft -> reward -> grpo, ``poker-dpo.yaml``: sft -> dpo).
 
 PokerBench: Zhuang et al., "PokerBench: Training Large Language Models to become Professional Poker
 Players", AAAI 2025, arXiv 2501.08328. The evaluation CSVs (``preflop.csv``: 1,000 spots upstream,
@@ -46,14 +48,19 @@ import math
 import random
 import re
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+
+from pydantic import Field
+
+from gamesense.tasks.base import DataError, Messages, Record, RewardFunction, Task, TaskOptions
+from gamesense.tasks.base import LoadReport as TaskLoadReport
 
 if TYPE_CHECKING:
     from numpy.typing import ArrayLike, NDArray
 
-TASK_NAME = "pokerbench"
+TASK_NAME = "poker"
 
 POSITIONS: tuple[str, ...] = ("UTG", "HJ", "CO", "BTN", "SB", "BB")  # preflop acting order
 # Postflop acting order: the blinds act first, the button last (the later seat is "in position").
@@ -99,13 +106,7 @@ _SUIT_WORDS = {"c": "clubs", "d": "diamonds", "h": "hearts", "s": "spades"}
 # Short on purpose: it is repeated in every training example.
 SYSTEM_PROMPT = "You are an expert poker player. Answer with one legal move only."
 
-Messages = list[dict[str, str]]  # chat messages: [{"role": ..., "content": ...}]
-
 _SIZE_TOLERANCE = 1e-6  # sizes come from decimal text with at most one decimal place
-
-
-class DataError(ValueError):
-    """A PokerBench file is missing, unreadable, or lacks the expected columns."""
 
 
 class _RowError(ValueError):
@@ -286,8 +287,43 @@ class ActionEvent:
     action: Action
 
 
+class _LabelledSpot:
+    """Label and legal moves as :class:`Action` objects, for :class:`PokerSpot` and :class:`SpotLabel`."""
+
+    label: str
+    available_moves: tuple[str, ...]
+
+    @property
+    def label_action(self) -> Action:
+        """The label as an :class:`Action`."""
+        return _parse_data_move(self.label)
+
+    @property
+    def legal_actions(self) -> tuple[Action, ...]:
+        """``available_moves`` as :class:`Action` objects."""
+        return tuple(_parse_data_move(move) for move in self.available_moves)
+
+
 @dataclass(frozen=True)
-class PokerSpot:
+class SpotLabel(_LabelledSpot):
+    """What scoring needs of a spot (file kind, label, legal moves), as kept in training/evaluation records.
+
+    Attributes: as the same-named ones of :class:`PokerSpot`.
+    """
+
+    kind: str
+    label: str
+    available_moves: tuple[str, ...]
+    raw_label: str = ""
+
+    @classmethod
+    def from_record(cls, record: Record) -> SpotLabel:
+        """From a record's ``kind``, ``label``, ``available_moves`` and ``raw_label`` columns."""
+        return cls(record["kind"], record["label"], tuple(record["available_moves"]), record.get("raw_label", ""))
+
+
+@dataclass(frozen=True)
+class PokerSpot(_LabelledSpot):
     """One decision point (a usable CSV row).
 
     Attributes:
@@ -326,37 +362,23 @@ class PokerSpot:
     players_in_hand: tuple[str, ...] = ()
     hero_in_position: bool | None = None
 
-    @property
-    def label_action(self) -> Action:
-        """The label as an :class:`Action`."""
-        return _parse_data_move(self.label)
-
-    @property
-    def legal_actions(self) -> tuple[Action, ...]:
-        """``available_moves`` as :class:`Action` objects."""
-        return tuple(_parse_data_move(move) for move in self.available_moves)
+    def columns(self) -> Record:
+        """The spot's record columns: ``kind``, ``street``, ``label``, ``raw_label``, ``available_moves``
+        (a list) and ``line`` (JSON-able; :meth:`SpotLabel.from_record` reads them back for scoring)."""
+        return {"kind": self.kind, "street": self.street, "label": self.label, "raw_label": self.raw_label,
+                "available_moves": list(self.available_moves), "line": self.line}  # fmt: skip
 
 
 @dataclass
-class LoadReport:
-    """Result of :func:`load_pokerbench`: usable spots plus the rows left out and why.
+class LoadReport(TaskLoadReport):
+    """Result of :func:`load_pokerbench`: usable spots (:class:`PokerSpot`, file order) plus the rows left out
+    and why (``(line, reason)``, line 1-based, header = line 1; blank lines are not rows).
 
     Attributes:
-        path: the file read.
-        examples: the usable rows as :class:`PokerSpot`, file order.
-        skipped: ``(line, reason)`` for each unusable row, line 1-based (header = line 1).
-        kind: ``"preflop"`` or ``"postflop"``, detected from the header.
+        kind: ``"preflop"`` or ``"postflop"``, detected from the header; ``"both"`` for a folder.
     """
 
-    path: str
-    examples: list[PokerSpot] = field(default_factory=list)
-    skipped: list[tuple[int, str]] = field(default_factory=list)
     kind: str = ""
-
-    @property
-    def total_rows(self) -> int:
-        """Data rows read (examples + skipped); blank lines are not rows."""
-        return len(self.examples) + len(self.skipped)
 
 
 def _expected_columns_text() -> str:
@@ -645,7 +667,11 @@ def _parse_postflop_row(fields: dict[str, str | None], line: int) -> PokerSpot:
 
 
 def load_pokerbench(path: str | Path, max_rows: int | None = None) -> LoadReport:
-    """Read a PokerBench evaluation CSV (``preflop.csv`` or ``postflop.csv``) into :class:`PokerSpot`.
+    """Read a PokerBench evaluation CSV (``preflop.csv`` or ``postflop.csv``), or a folder holding one or
+    both, into :class:`PokerSpot`.
+
+    A folder reads ``preflop.csv`` then ``postflop.csv`` (``max_rows`` per file); each set-aside row's
+    reason starts with its file name, since line numbers are per file.
 
     The kind is detected from the header (columns: :data:`PREFLOP_COLUMNS` or :data:`POSTFLOP_COLUMNS`,
     plus the unnamed index column). A row that cannot be used (missing or empty field, unreadable
@@ -666,6 +692,8 @@ def load_pokerbench(path: str | Path, max_rows: int | None = None) -> LoadReport
             (the message names the file and the expected columns).
     """
     path = Path(path)
+    if path.is_dir():
+        return _load_folder(path, max_rows)
     if not path.is_file():
         raise DataError(f"pokerbench data {path}: file not found; {_expected_columns_text()}")
     report = LoadReport(path=str(path))
@@ -691,6 +719,18 @@ def load_pokerbench(path: str | Path, max_rows: int | None = None) -> LoadReport
                     report.skipped.append((line, reason))
     except (OSError, UnicodeDecodeError, csv.Error) as exc:
         raise DataError(f"pokerbench data {path}: cannot read ({exc})") from exc
+    return report
+
+
+def _load_folder(folder: Path, max_rows: int | None) -> LoadReport:
+    files = [folder / f"{kind}.csv" for kind in FILE_KINDS if (folder / f"{kind}.csv").is_file()]
+    if not files:
+        raise DataError(f"pokerbench data {folder}: a folder without preflop.csv or postflop.csv")
+    report = LoadReport(path=str(folder), kind="both" if len(files) == 2 else files[0].stem)
+    for file in files:
+        part = load_pokerbench(file, max_rows)
+        report.examples.extend(part.examples)
+        report.skipped.extend((line, f"{file.name}: {reason}") for line, reason in part.skipped)
     return report
 
 
@@ -853,7 +893,7 @@ def preference_pairs(spot: PokerSpot, system_prompt: str | None = None) -> list[
 # --------------------------------------------------------------------------- metrics
 
 
-def reference_label(spot: PokerSpot) -> str:
+def reference_label(spot: PokerSpot | SpotLabel) -> str:
     """The label as the authors phrase it (``SFT/poker_csv_to_json.py``): preflop ``3.0bb`` ->
     ``raise 3.0``, ``allin`` -> ``all in``, other preflop moves lower case; postflop as in the file."""
     raw = spot.raw_label or spot.label
@@ -909,7 +949,7 @@ def match_score(predicted: Action | None, label: Action) -> float:
     return 1.0 if predicted.same_move(label) else 0.5
 
 
-def row_scores(prediction: str, spot: PokerSpot) -> dict[str, Any]:
+def row_scores(prediction: str, spot: PokerSpot | SpotLabel) -> dict[str, Any]:
     """Per-answer scores, stored with each prediction.
 
     Returns:
@@ -949,7 +989,7 @@ def _summary(rows: Sequence[dict[str, Any]]) -> dict[str, float]:
     }
 
 
-def compute_metrics(predictions: Sequence[str], spots: Sequence[PokerSpot]) -> dict[str, float]:
+def compute_metrics(predictions: Sequence[str], spots: Sequence[PokerSpot | SpotLabel]) -> dict[str, float]:
     """PokerBench metrics over answers, per file kind and pooled.
 
     Action accuracy (``aa``) = mean of ceil(score), exact match (``em``) = mean of floor(score), the
@@ -980,7 +1020,7 @@ def compute_metrics(predictions: Sequence[str], spots: Sequence[PokerSpot]) -> d
     return metrics
 
 
-def action_confusion(predictions: Sequence[str], spots: Sequence[PokerSpot]) -> tuple[list[str], NDArray]:
+def action_confusion(predictions: Sequence[str], spots: Sequence[PokerSpot | SpotLabel]) -> tuple[list[str], NDArray]:
     """Confusion counts over action types.
 
     Returns:
@@ -1103,3 +1143,79 @@ def legal_action_reward(
         legal_move = predicted is not None and any(predicted.same_move(move) for move in legal)
         rewards.append(1.0 if legal_move and is_well_formed(text) else 0.0)
     return rewards
+
+
+# --------------------------------------------------------------------------- task plugin
+
+
+class PokerOptions(TaskOptions):
+    """PokerBench's options (``task_options`` in a recipe)."""
+
+    system_prompt: str = Field(description="instruction in the system turn (short: every prompt token costs CPU time); '': none")
+    validation_fraction: float = Field(gt=0.0, lt=1.0, description="share of each file and street held back for "
+                                       "model selection and the gate when data.eval_file is null")  # fmt: skip
+    validation_seed: int = Field(description="seed of the held-back slice (same seed, same slice)")
+
+
+class PokerTask(Task):
+    """PokerBench as a task plugin: spot -> the solver's move, scored statically with the authors' metric
+    (action accuracy gates promotion); preference pairs (solver move vs each other legal move) for the
+    reward-model and DPO stages; a legal-and-well-formed rule reward for GRPO.
+
+    ``train_file`` may be the dataset folder (both CSVs) or one CSV; with ``eval_file: null`` a stratified
+    slice of it is held back (:func:`validation_split`).
+    """
+
+    name = TASK_NAME
+    Options = PokerOptions
+    evaluation = ("static",)
+    gate_metric = "aa"
+    metric_order = ("aa", "em", "preflop_aa", "preflop_em", "postflop_aa", "postflop_em", "illegal_action_rate",
+                    "invalid_rate", "reference_aa", "reference_em", "score")  # fmt: skip
+    stop_strings = ("\n",)  # an answer is one line
+
+    options: PokerOptions
+
+    def load(self, path: str | Path, max_rows: int | None = None) -> LoadReport:
+        return load_pokerbench(path, max_rows)
+
+    def split_validation(self, examples: Sequence[PokerSpot]) -> tuple[list[PokerSpot], list[PokerSpot]]:
+        return validation_split(examples, self.options.validation_fraction, self.options.validation_seed)
+
+    def prompt(self, text: str) -> Messages:
+        system = self.options.system_prompt
+        return ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": text}]
+
+    def sft_records(self, examples: Sequence[PokerSpot]) -> list[Record]:
+        return [to_prompt_completion(spot, self.options.system_prompt) | spot.columns() for spot in examples]
+
+    def preference_records(self, examples: Sequence[PokerSpot]) -> list[Record]:
+        return [pair | spot.columns() for spot in examples for pair in preference_pairs(spot, self.options.system_prompt)]
+
+    def reward_functions(self) -> list[RewardFunction]:
+        return [legal_action_reward]
+
+    def eval_records(self, examples: Sequence[PokerSpot]) -> list[Record]:
+        return [{"prompt": build_messages(spot, self.options.system_prompt), "reference": spot.label} | spot.columns()
+                for spot in examples]  # fmt: skip
+
+    def parse_output(self, text: str) -> str:
+        return _first_line(text)
+
+    def compute_metrics(self, predictions: Sequence[str], records: Sequence[Record]) -> dict[str, float]:
+        metrics = compute_metrics(predictions, [SpotLabel.from_record(r) for r in records])
+        for kind in FILE_KINDS:  # a file kind the evaluation data lacks has no scores, only NaNs
+            if metrics[f"{kind}_n"] == 0:
+                metrics = {k: v for k, v in metrics.items() if not k.startswith(f"{kind}_")}
+        return metrics
+
+    def row_scores(self, prediction: str, record: Record) -> dict[str, Any]:
+        scores = row_scores(prediction, SpotLabel.from_record(record))
+        return {k: v for k, v in scores.items() if k != "label"}  # the record already holds the label
+
+    def evaluation_artifacts(self, predictions: Sequence[str], records: Sequence[Record], out_dir: Path) -> dict[str, Path]:
+        labels, matrix = action_confusion(predictions, [SpotLabel.from_record(r) for r in records])
+        return {"confusion_matrix": plot_confusion(labels, matrix, Path(out_dir) / "confusion_matrix.png")}
+
+
+TASK = PokerTask

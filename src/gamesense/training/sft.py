@@ -18,7 +18,8 @@ def completion_loss(model, inputs: dict, num_items_in_batch=None):
     completion-only mask. Equals the model's own loss (``labels`` shifted by one, -100 ignored).
 
     Args:
-        model: a (PEFT-wrapped) ``*ForCausalLM`` with ``get_decoder()`` and ``get_output_embeddings()``.
+        model: a (PEFT-wrapped) ``*ForCausalLM`` with ``get_decoder()`` and ``get_output_embeddings()``, or
+            such a model wrapped in ``DistributedDataParallel`` (see :func:`_through_ddp`).
         inputs: ``input_ids`` [batch, seq], ``labels`` [batch, seq], ``attention_mask`` or ``position_ids``.
         num_items_in_batch: target tokens over all gradient-accumulation micro-batches (the Trainer's
             normaliser); None: this batch's target tokens.
@@ -28,6 +29,8 @@ def completion_loss(model, inputs: dict, num_items_in_batch=None):
     """
     import torch.nn.functional as F
 
+    if isinstance(model, torch.nn.parallel.DistributedDataParallel):
+        return _through_ddp(model, completion_loss, inputs, num_items_in_batch)
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
     model_inputs = {k: v for k, v in inputs.items() if k not in ("labels", "use_cache", "num_items_in_batch")}
     hidden = base.get_decoder()(**model_inputs, use_cache=False).last_hidden_state
@@ -37,6 +40,25 @@ def completion_loss(model, inputs: dict, num_items_in_batch=None):
     loss = F.cross_entropy(logits, targets[keep], reduction="sum")
     count = num_items_in_batch if num_items_in_batch is not None else keep.sum()
     return loss / torch.as_tensor(count, device=loss.device).clamp(min=1)
+
+
+def _through_ddp(ddp, loss_fn, *args):
+    """``loss_fn(ddp.module, *args)`` run as the forward pass of the DDP wrapper ``ddp``.
+
+    DDP averages gradients across processes only after a forward pass through the wrapper (which readies its
+    reducer for the backward pass); calling the wrapped model's decoder directly would train each process on
+    its own gradients. The wrapped module's ``forward`` is swapped for the call and put back after it
+    (accelerate may have set an instance ``forward`` of its own: that one is restored)."""
+    module = ddp.module
+    own_forward = module.__dict__.get("forward")
+    module.forward = lambda *a: loss_fn(module, *a)
+    try:
+        return ddp(*args)
+    finally:
+        if own_forward is None:
+            del module.forward
+        else:
+            module.forward = own_forward
 
 
 def sft_trainer_class(fused_loss: bool | None = None):

@@ -12,8 +12,9 @@ GameSense only fills the plumbing: ``output_dir`` (the run's stage folder unless
 ``report_to: []`` (metrics go to MLflow through the pipeline), our progress bar, ``use_cpu`` without CUDA,
 and ``bf16: auto`` resolved for this hardware (:func:`~gamesense.models.hardware.resolve_bf16`).
 
-Policy stages continue one adapter: the first trains a new LoRA adapter on the base model; later ones load
-the previous policy's adapter as trainable and train it further, so the registered artifact is always one
+The reward stage trains a new LoRA adapter and score head on the base model with the latest policy adapter (if
+any) merged in, as InstructGPT starts its reward model from the SFT model. Policy stages continue one adapter:
+the first trains a new LoRA adapter on the base model; later ones load the previous policy's adapter as trainable and train it further, so the registered artifact is always one
 plain PEFT adapter. DPO's reference model is a frozen copy of that starting adapter (TRL adds it); GRPO's
 rewards are the task's rule rewards plus, when a reward stage ran before it, the learned reward model.
 Every stage checkpoints every ``save_steps`` and resumes from its newest checkpoint with ``resume=True``.
@@ -33,7 +34,7 @@ import torch
 from pydantic import BaseModel
 
 from gamesense.config import LLMRecipe, trl_config_class
-from gamesense.models.base import load_base_model, load_tokenizer, resolve_base_model
+from gamesense.models.base import load_base_model, load_tokenizer, resolve_base_model, whole_weights
 from gamesense.models.hardware import attention_implementation, load_dtype, release_memory, resolve_bf16
 from gamesense.tasks.base import Record, Task
 from gamesense.training.callbacks import FollowFreeCores, ProgressWithThroughput, ReleaseFreedMemory
@@ -130,9 +131,22 @@ def _load_policy(recipe: LLMRecipe, adapter: Path | None):
     return PeftModel.from_pretrained(model, str(adapter), is_trainable=True), None
 
 
-def load_reward_model(recipe: LLMRecipe, adapter: Path | None = None, seed: int = 42):
-    """The base model with a one-output sequence-classification head (a reward model), its adapter merged when
-    given. The new head's initialisation is seeded so runs repeat."""
+#: written next to a reward model's adapter: the policy adapter merged into the base before it was trained
+REWARD_INIT_FILE = "initialised_from.json"
+
+
+@whole_weights()  # merged whole, also after a ZeRO-3 trainer config exists; the trainer shards it afterwards
+def load_reward_model(recipe: LLMRecipe, adapter: Path | None = None, seed: int = 42, init_policy: Path | None = None):
+    """The base model with a one-output sequence-classification head (a reward model). The new head's
+    initialisation is seeded so runs repeat.
+
+    Args:
+        adapter: a trained reward-model adapter to merge; the policy adapter it names in
+            :data:`REWARD_INIT_FILE` (if any) is merged before it.
+        init_policy: a policy adapter to merge into the base weights first: the reward stage starts from the
+            latest policy, as InstructGPT's reward model starts from the SFT model (Ouyang et al. 2022, sec.
+            3.5), so it begins with the task's features instead of the base model's.
+    """
     from transformers import AutoModelForSequenceClassification, set_seed
 
     set_seed(seed)
@@ -143,10 +157,17 @@ def load_reward_model(recipe: LLMRecipe, adapter: Path | None = None, seed: int 
     model = AutoModelForSequenceClassification.from_pretrained(resolve_base_model(recipe.model.base), **kwargs)
     tokenizer = load_tokenizer(recipe.model.base)
     model.config.pad_token_id = tokenizer.pad_token_id
-    if adapter is not None:
-        from peft import PeftModel
+    if adapter is not None and (Path(adapter) / REWARD_INIT_FILE).is_file():
+        init_policy = Path(json.loads((Path(adapter) / REWARD_INIT_FILE).read_text())["policy_adapter"])
+    from peft import PeftConfig, PeftModel
 
-        model = PeftModel.from_pretrained(model, str(adapter)).merge_and_unload()
+    for merged in (init_policy, adapter):
+        if merged is None:
+            continue
+        config = PeftConfig.from_pretrained(str(merged))
+        if config.task_type == "CAUSAL_LM":  # a policy adapter: its decoder layers have the same names here
+            config.task_type = None  # a plain PeftModel, without the causal-LM generation hooks
+        model = PeftModel.from_pretrained(model, str(merged), config=config).merge_and_unload()
     return model
 
 
@@ -154,7 +175,8 @@ def build_trainer(stage: str, inputs: StageInputs, args):
     """The TRL trainer of ``stage`` on ``inputs`` with config ``args``, tuned for speed (see
     :func:`_tune_for_speed`)."""
     trainer = _new_trainer(stage, inputs, args)
-    _tune_for_speed(trainer.model, inputs.recipe, bool(args.bf16))
+    # GRPO also generates, outside autocast: PEFT's own cast must then stay to keep the adapter's matmul valid
+    _tune_for_speed(trainer.model, inputs.recipe, bool(args.bf16) and stage != "grpo")
     return trainer
 
 
@@ -172,7 +194,7 @@ def _new_trainer(stage: str, inputs: StageInputs, args):
     if stage == "reward":
         from trl import RewardTrainer
 
-        model = load_reward_model(recipe, None, args.seed)
+        model = load_reward_model(recipe, None, args.seed, init_policy=inputs.policy_adapter)
         data = Dataset.from_list([{k: r[k] for k in ("prompt", "chosen", "rejected")} for r in inputs.train_records])
         return RewardTrainer(model=model, args=args, train_dataset=data, processing_class=tokenizer,
                              peft_config=lora_config(recipe, "SEQ_CLS"))  # fmt: skip
@@ -247,11 +269,14 @@ def train_stage(stage: str, inputs: StageInputs) -> StageResult:
 
     adapter_dir = inputs.stage_dir / "adapter"
     main = trainer.is_world_process_zero()
+    gathered = _gather_zero3_weights(trainer)  # on every rank: the gather is collective
     if main:  # under DDP every process holds the same weights: one writes them
         selected = ["default"] if hasattr(trainer.model, "peft_config") else None
-        trainer.model.save_pretrained(adapter_dir, selected_adapters=selected)
+        trainer.model.save_pretrained(adapter_dir, selected_adapters=selected, state_dict=gathered)
         trainer.processing_class.save_pretrained(adapter_dir)
         _point_adapter_at_base(adapter_dir, recipe.model.base)
+        if stage == "reward" and inputs.policy_adapter is not None:
+            (adapter_dir / REWARD_INIT_FILE).write_text(json.dumps({"policy_adapter": str(Path(inputs.policy_adapter).resolve())}))
 
     history = [dict(rec) for rec in trainer.state.log_history]
     tokens = max((rec.get("num_tokens", 0.0) for rec in history), default=0.0)
@@ -273,6 +298,20 @@ def train_stage(stage: str, inputs: StageInputs) -> StageResult:
                        log_history=history, is_main_process=main)  # fmt: skip
 
 
+def _gather_zero3_weights(trainer) -> dict | None:
+    """The trained weights gathered from DeepSpeed ZeRO-3's shards, as ``Trainer.save_model`` gathers them
+    (a collective: every rank calls it; the dict is on rank 0, None on the others). For a PEFT model only the
+    trainable weights are gathered (the adapter, not the frozen base). None without ZeRO-3: the model's own
+    tensors are whole, and ``save_pretrained`` reads them itself.
+
+    Without it, rank 0 would save the local shard of every LoRA matrix that ZeRO-3 partitions (those over
+    ``stage3_param_persistence_threshold`` elements): an adapter of empty tensors."""
+    engine = getattr(trainer, "deepspeed", None)
+    if engine is None or not engine.zero_optimization_partition_weights():
+        return None
+    return engine._zero3_consolidated_16bit_state_dict(exclude_frozen_parameters=hasattr(trainer.model, "peft_config"))
+
+
 def compile_layers(model) -> int:
     """Compile each decoder layer in place with ``torch.compile`` (regional compilation: the layers share one
     compiled graph, so compiling costs about one layer's worth instead of the whole model's: ~1 min instead of
@@ -291,7 +330,7 @@ def compile_layers(model) -> int:
 
 
 def _tune_for_speed(model, recipe: LLMRecipe, autocast: bool):
-    """Speed-ups that change no arithmetic: under bf16 autocast, PEFT no longer casts each adapter's input to
+    """Speed-ups that change no arithmetic: when every forward pass runs under bf16 autocast, PEFT no longer casts each adapter's input to
     the adapter's fp32 dtype (autocast casts it back to bf16 for the matmul: two copies of every activation per
     LoRA layer, ~15% of a CPU step); the decoder layers are compiled when ``runtime.compile`` is set."""
     from peft.tuners.tuners_utils import BaseTunerLayer
