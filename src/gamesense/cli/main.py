@@ -206,6 +206,8 @@ def evaluate(
         fail(err)
     for line, reason in report.skipped:
         console.print(f"[yellow]set aside line {line}: {reason}[/yellow]")
+    if not report.examples and "static" in task.evaluation:
+        fail(f"{report.path}: no usable rows to evaluate ({len(report.skipped)} set aside)")
     loaded = _load_model(model, config)
     slug = re.sub(r"[^\w.-]+", "_", f"{model}__{Path(data).stem}").strip("_")
     out_path = Path(output) if output else work_dir() / "predictions" / f"{slug}.jsonl"
