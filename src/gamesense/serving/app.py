@@ -36,9 +36,11 @@ MAX_ECHO_CHARS = 200
 MAX_ERRORS = 50
 
 PlayerId = Annotated[
-    Annotated[str, Field(strict=True, min_length=1, max_length=task.MAX_ID_LENGTH)] | Annotated[int, Field(strict=True, ge=0)],
+    Annotated[str, Field(strict=True, min_length=1, max_length=task.MAX_ID_LENGTH, pattern=r"\S")]
+    | Annotated[int, Field(strict=True, ge=0)],
     Field(description="opaque identifier, echoed back as a string; not a feature. A JSON string "
-          f"(1-{task.MAX_ID_LENGTH} characters) or a non-negative integer (sent as a string to keep large ids exact)"),
+          f"(1-{task.MAX_ID_LENGTH} characters, not blank) or a non-negative integer (send large ids as strings: "
+          "many JSON clients round integers above 2**53)"),
 ]  # fmt: skip
 
 

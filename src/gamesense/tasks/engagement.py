@@ -239,7 +239,8 @@ def validate_frame(df: pd.DataFrame, require_target: bool = False, require_id: b
         ids = work[ID_COLUMN]
         present = ids.notna().to_numpy()
         flag(~present, f"{ID_COLUMN} is missing")
-        flag(present & (ids.str.len().fillna(0).to_numpy() > MAX_ID_LENGTH),
+        lengths = np.fromiter((len(v) if v is not None else 0 for v in ids), dtype=np.int64, count=len(ids))
+        flag(present & (lengths > MAX_ID_LENGTH),
              f"{ID_COLUMN} is longer than {MAX_ID_LENGTH} characters")  # fmt: skip
         flag(ids.duplicated(keep=False).to_numpy() & present, f"{ID_COLUMN} is duplicated (same id on different rows)")
         out[ID_COLUMN] = ids.to_numpy(dtype=object)
