@@ -78,6 +78,7 @@ def promote(
     """Evaluate challenger and champion on one held-out file; move `champion` only if the challenger's macro-F1 is
     higher. Concurrent promotes of one model decide one at a time."""
     cfg = _recipe(recipe, set_)
+    from gamesense.registry.promotion import ConcurrentPromotionError
     from gamesense.tasks.engagement import SchemaError
 
     try:
@@ -87,7 +88,7 @@ def promote(
             from gamesense.pipelines.engagement_steps import promote_engagement
 
             record = promote_engagement(cfg, str(eval_file) if eval_file else None)
-    except (SchemaError, ValueError, LookupError) as err:
+    except (SchemaError, ValueError, LookupError, ConcurrentPromotionError) as err:
         fail(err)
     typer.echo(("PROMOTED" if record["promote"] else "KEPT") + f": {record['reason']}")
 

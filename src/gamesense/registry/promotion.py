@@ -29,6 +29,10 @@ CHAMPION = "champion"
 CHALLENGER = "challenger"
 
 
+class ConcurrentPromotionError(RuntimeError):
+    """Another job moved ``champion`` while this gate decided: nothing was changed; run the promote again."""
+
+
 @dataclass(frozen=True)
 class PromotionDecision:
     """Outcome of :func:`decide_promotion`: ``alias`` is ``champion`` when ``promote`` else ``challenger``."""
@@ -144,7 +148,7 @@ def promotion_gate(
         points there: a newer challenger is left alone).
 
     Raises:
-        RuntimeError: on a remote store, another job moved ``champion`` while this gate decided.
+        ConcurrentPromotionError: on a remote store, another job moved ``champion`` while this gate decided.
     """
     client = MlflowClient()
     version = str(version)
@@ -178,11 +182,11 @@ def _move_champion(client: MlflowClient, model_name: str, version: str, previous
     removal took it, the newest version (which then holds no alias) gets it back.
 
     Raises:
-        RuntimeError: another job moved ``champion`` during the decision or right after the move.
+        ConcurrentPromotionError: another job moved ``champion`` during the decision or right after the move.
     """
     now = get_version_by_alias(model_name, CHAMPION)
     if (str(now.version) if now is not None else None) != previous:
-        raise RuntimeError(f"{model_name}: champion moved to v{now.version if now else None} while v{version} was "
+        raise ConcurrentPromotionError(f"{model_name}: champion moved to v{now.version if now else None} while v{version} was "
                            "evaluated: run promote again")  # fmt: skip
     set_alias(model_name, version, CHAMPION)
     challenger = get_version_by_alias(model_name, CHALLENGER)
@@ -191,7 +195,7 @@ def _move_champion(client: MlflowClient, model_name: str, version: str, previous
         _restore_newer_challenger(client, model_name, version)
     moved = get_version_by_alias(model_name, CHAMPION)
     if moved is None or str(moved.version) != version:
-        raise RuntimeError(f"{model_name}: champion is v{moved.version if moved else None} right after "
+        raise ConcurrentPromotionError(f"{model_name}: champion is v{moved.version if moved else None} right after "
                            f"moving it to v{version}: another job promoted concurrently")  # fmt: skip
 
 
