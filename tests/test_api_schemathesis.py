@@ -14,7 +14,7 @@ import pytest
 from typer.testing import CliRunner
 
 DATA = Path(__file__).resolve().parents[1].parent / "shared" / "datasets" / "engagement" / "online_gaming_behavior.csv"
-CASES_PER_MODE = 250  # per operation and generation mode; the whole run takes well under a minute on 2 cores
+CASES_PER_MODE = 150  # per operation and generation mode: about 30 s on 2 idle cores
 
 pytestmark = [pytest.mark.slow, pytest.mark.skipif(not DATA.is_file(), reason="engagement dataset not available")]
 

@@ -156,6 +156,7 @@ def test_promotion_gives_back_a_challenger_taken_between_read_and_delete(workdir
 def test_promote_needs_held_out_data_and_refuses_the_training_file(env):
     """Before: `promote` without --eval-file silently scored the models on the training file."""
     one_line_error(invoke("engagement", "promote"), "--eval-file", "data.eval_file")
+    one_line_error(invoke("engagement", "pipeline", "monitor"), "data.eval_file")  # it would retrain, then promote
     assert invoke("engagement", "train", "--data", str(env / "train.csv"), *FAST).exit_code == 0
     one_line_error(invoke("engagement", "promote", "--eval-file", str(env / "train.csv")), "training file")
 

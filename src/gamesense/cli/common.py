@@ -10,6 +10,7 @@ from typing import NoReturn
 
 import click
 import typer
+from typer.exceptions import TyperException
 
 
 def fail(err: Exception | str, code: int = 2) -> NoReturn:
@@ -54,6 +55,9 @@ def show_progress_logs() -> None:
 #: LookupError unknown models/aliases; OSError unreadable or unwritable paths.
 KNOWN_ERRORS: tuple[type[BaseException], ...] = (ValueError, LookupError, OSError)
 _debug = {"on": False}
+#: raised on purpose by commands or Typer: let Typer handle them (exit codes, usage messages)
+PASS_THROUGH: tuple[type[BaseException], ...] = (typer.Exit, typer.Abort, TyperException, click.exceptions.ClickException,
+                                                 KeyboardInterrupt, SystemExit)  # fmt: skip
 
 
 def set_debug(on: bool) -> None:
@@ -89,7 +93,7 @@ def guarded(command: Callable) -> Callable:
     def run(*args, **kwargs):
         try:
             return command(*args, **kwargs)
-        except (typer.Exit, typer.Abort, click.exceptions.ClickException, KeyboardInterrupt, SystemExit):
+        except PASS_THROUGH:  # exits and usage errors (typer.BadParameter...): Typer reports them itself
             raise
         except KNOWN_ERRORS as err:
             if debug_enabled():

@@ -195,8 +195,11 @@ def pipeline(
     set_: Optional[list[str]] = SetOpt,
 ) -> None:
     """Run one of the ZenML pipelines (local orchestrator, store under <workdir>/zenml)."""
-    _recipe(recipe, set_)
+    cfg = _recipe(recipe, set_)
     kwargs: dict = {"recipe": recipe, "overrides": set_ or []}
+    if (name == "promote" and not data or name == "monitor" and retrain) and not cfg.data.eval_file:
+        fail(f"the {name} pipeline promotes: set data.eval_file to a held-out labelled file (--set data.eval_file=FILE)"
+             + (" or pass --data" if name == "promote" else ""))  # fmt: skip
     if name == "train":
         kwargs["data_file"] = str(data) if data else None
     elif name == "promote":
