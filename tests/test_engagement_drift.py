@@ -66,14 +66,15 @@ def test_monitor_cli_exit_codes(tmp_path, monkeypatch):
     """monitor exits 0 on a clean batch and 1 on a simulated-drift batch (predictions by a trained model)."""
     monkeypatch.setenv("GAMESENSE_WORKDIR", str(tmp_path / "work"))
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
-    full = pd.read_csv(DATA).sample(6000, random_state=5)
+    full = pd.read_csv(DATA).sample(7000, random_state=5)
     full.iloc[:3000].to_csv(tmp_path / "ref.csv", index=False)
-    full.iloc[3000:].drop(columns=[task.TARGET]).to_csv(tmp_path / "clean.csv", index=False)
+    full.iloc[3000:6000].drop(columns=[task.TARGET]).to_csv(tmp_path / "clean.csv", index=False)
+    full.iloc[6000:].to_csv(tmp_path / "heldout.csv", index=False)
     runner = CliRunner()
     fast = ["--set", f"data.train_file={tmp_path / 'ref.csv'}", "--set", "data.cv_folds=0", "--set", "plots=false",
             "--set", "baselines=[]"]  # fmt: skip
     assert runner.invoke(cli, ["engagement", "train", *fast]).exit_code == 0
-    assert runner.invoke(cli, ["engagement", "promote", *fast]).exit_code == 0
+    assert runner.invoke(cli, ["engagement", "promote", "--eval-file", str(tmp_path / "heldout.csv"), *fast]).exit_code == 0
     res = runner.invoke(cli, ["engagement", "predict", "--input", str(tmp_path / "clean.csv"), "--output",
                               str(tmp_path / "p.parquet"), *fast])  # fmt: skip
     assert res.exit_code == 0, res.output

@@ -21,10 +21,12 @@ def test_zenml_train_promote_monitor_retrain(tmp_path, monkeypatch):
     from gamesense.monitoring.drift import simulate_drift
     from gamesense.pipelines import engagement as pipes
 
-    full = pd.read_csv(DATA).sample(4000, random_state=2)
-    full.to_csv(tmp_path / "train.csv", index=False)
+    full = pd.read_csv(DATA).sample(5000, random_state=2)
+    full.iloc[:4000].to_csv(tmp_path / "train.csv", index=False)
+    full.iloc[4000:].to_csv(tmp_path / "heldout.csv", index=False)
     simulate_drift(full.head(2000)).to_csv(tmp_path / "drift.csv", index=False)
-    overrides = [f"data.train_file={tmp_path / 'train.csv'}", "data.cv_folds=0", "plots=false", "baselines=[]"]
+    overrides = [f"data.train_file={tmp_path / 'train.csv'}", f"data.eval_file={tmp_path / 'heldout.csv'}",
+                 "data.cv_folds=0", "plots=false", "baselines=[]"]
     trained = pipes.run("train", recipe="engagement", overrides=overrides)
     assert trained["version"] == "1"
     assert pipes.run("promote", recipe="engagement", overrides=overrides)["promote"] is True

@@ -125,7 +125,7 @@ def test_api_predicts_rejects_bad_input_and_hot_reloads_after_promotion(env):
         body = r.json()
         assert body["model_version"] == "1" and len(body["predictions"]) == 2
         first = body["predictions"][0]
-        assert first["player_id"] == 1 and first["engagement_level"] == "High"
+        assert first["player_id"] == "1" and first["engagement_level"] == "High"
         assert abs(sum(first["probabilities"].values()) - 1) < 1e-6
         assert body["predictions"][1]["engagement_level"] == "Low"
         # 422 names the offending field

@@ -62,17 +62,23 @@ def train(
     if result.get("cv"):
         typer.echo(f"{'lightgbm CV':22s} accuracy={result['cv']['cv_accuracy_mean']:.4f}±{result['cv']['cv_accuracy_std']:.4f} "
                    f"macro_f1={result['cv']['cv_macro_f1_mean']:.4f}±{result['cv']['cv_macro_f1_std']:.4f}")  # fmt: skip
+    validation = result.get("validation") or {}
+    if validation.get("rejected"):
+        typer.secho(f"{validation['rejected']} of {validation['rows']} rows rejected and not used; reasons per row in "
+                    f"{validation.get('rejects_file')}", fg="yellow", err=True)  # fmt: skip
     typer.echo(f"run {result['run_id']}  {result['model_name']} v{result['version']} -> challenger  ({result['seconds']:.1f}s)")
 
 
 @app.command()
 def promote(
-    eval_file: Optional[Path] = typer.Option(None, "--eval-file", "--data", help="labelled evaluation file (default: recipe data.train_file)"),
+    eval_file: Optional[Path] = typer.Option(None, "--eval-file", "--data", help="held-out labelled file, never the training file (default: recipe data.eval_file)"),
     recipe: str = RecipeOpt,
     set_: Optional[list[str]] = SetOpt,
 ) -> None:
-    """Evaluate challenger and champion on one file; move `champion` only if the challenger's macro-F1 is higher."""
+    """Evaluate challenger and champion on one held-out file; move `champion` only if the challenger's macro-F1 is
+    higher. Concurrent promotes of one model decide one at a time."""
     cfg = _recipe(recipe, set_)
+    from gamesense.registry.promotion import ConcurrentPromotionError
     from gamesense.tasks.engagement import SchemaError
 
     try:
@@ -82,7 +88,7 @@ def promote(
             from gamesense.pipelines.engagement_steps import promote_engagement
 
             record = promote_engagement(cfg, str(eval_file) if eval_file else None)
-    except (SchemaError, ValueError, LookupError) as err:
+    except (SchemaError, ValueError, LookupError, ConcurrentPromotionError) as err:
         fail(err)
     typer.echo(("PROMOTED" if record["promote"] else "KEPT") + f": {record['reason']}")
 
@@ -126,7 +132,8 @@ def monitor(
     recipe: str = RecipeOpt,
     set_: Optional[list[str]] = SetOpt,
 ) -> None:
-    """Drift report (Evidently) + retraining decision. Exit code 1 when retraining is due, 0 otherwise."""
+    """Drift report (Evidently) + retraining decision. Exit code 0: no drift; 1: retraining is due; 2: bad input
+    or error (unreadable batch, fewer than drift.min_rows valid rows): no decision, do not retrain."""
     cfg = _recipe(recipe, set_)
     from gamesense.tasks.engagement import SchemaError
 
@@ -138,12 +145,15 @@ def monitor(
             from gamesense.monitoring.drift import monitor_engagement
 
             result = monitor_engagement(cfg, current, reference, reports_dir).to_dict()
-    except (SchemaError, LookupError, FileNotFoundError, KeyError) as err:
-        fail(err)
+    except (SchemaError, LookupError, OSError, KeyError) as err:
+        fail(err)  # exit 2, never 1: a broken batch must not trigger retraining
     for name, col in result["columns"].items():
         mark = "DRIFT" if col["drifted"] else "ok"
         typer.echo(f"  {name:28s} {col['method']:32s} {col['score']:.4f} (threshold {col['threshold']}) {mark}")
-    typer.echo(f"drift share {result['drift_share']:.2f} ({result['n_drifted']} columns); report: {result['html_report']}")
+    typer.echo(f"drift share {result['drift_share']:.2f} ({result['n_drifted']} columns) on {result['rows_current']} rows; "
+               f"report: {result['html_report']}")  # fmt: skip
+    if result.get("rows_current_rejected"):
+        typer.echo(f"{result['rows_current_rejected']} rows of the batch broke the schema and were left out")
     if result["retrain"]:
         typer.secho("RETRAIN: " + "; ".join(result["reasons"]), fg="yellow")
         raise typer.Exit(1)
@@ -159,14 +169,20 @@ def simulate_drift_cmd(
 ) -> None:
     """Write a perturbed copy (shorter/fewer sessions, older players, harder games) to see the loop fire."""
     from gamesense.monitoring.drift import simulate_drift
-    from gamesense.tasks.engagement import SchemaError, read_table, write_table
+    from gamesense.tasks.engagement import SchemaError, read_table, validate_frame, write_table
 
     try:
-        out = simulate_drift(read_table(input), strength, seed)
+        if output.resolve() == input.resolve():
+            raise SchemaError(f"--output {output} is the input file: choose another path")
+        checked = validate_frame(read_table(input))
+        if checked.valid.empty:
+            raise SchemaError(f"{input}: no valid rows to perturb ({checked.report()['reasons'] or 'empty'})")
+        out = simulate_drift(checked.valid, strength, seed)
         write_table(out, output)
     except SchemaError as err:
         fail(err)
-    typer.echo(f"wrote {len(out)} drifted rows to {output}")
+    skipped = f" ({len(checked.rejects)} rows that break the schema left out)" if len(checked.rejects) else ""
+    typer.echo(f"wrote {len(out)} drifted rows to {output}{skipped}")
 
 
 @app.command()
@@ -179,8 +195,11 @@ def pipeline(
     set_: Optional[list[str]] = SetOpt,
 ) -> None:
     """Run one of the ZenML pipelines (local orchestrator, store under <workdir>/zenml)."""
-    _recipe(recipe, set_)
+    cfg = _recipe(recipe, set_)
     kwargs: dict = {"recipe": recipe, "overrides": set_ or []}
+    if (name == "promote" and not data or name == "monitor" and retrain) and not cfg.data.eval_file:
+        fail(f"the {name} pipeline promotes: set data.eval_file to a held-out labelled file (--set data.eval_file=FILE)"
+             + (" or pass --data" if name == "promote" else ""))  # fmt: skip
     if name == "train":
         kwargs["data_file"] = str(data) if data else None
     elif name == "promote":
@@ -211,5 +230,6 @@ def serve(
     from gamesense.serving.app import create_app
 
     api = create_app(cfg.registry.model_name, cfg.serving.alias, cfg.registry.tracking_uri,
-                     reload_interval or cfg.serving.reload_interval_s)  # fmt: skip
+                     reload_interval or cfg.serving.reload_interval_s, max_batch=cfg.serving.max_batch,
+                     max_body_bytes=cfg.serving.max_body_bytes)  # fmt: skip
     uvicorn.run(api, host=host, port=port, log_level=log_level, access_log=False)

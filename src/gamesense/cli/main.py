@@ -12,7 +12,7 @@ from typing import Optional
 import typer
 
 from gamesense.cli import engagement as engagement_cli
-from gamesense.cli.common import fail, load_recipe_or_exit, show_progress_logs
+from gamesense.cli.common import fail, install_error_boundary, load_recipe_or_exit, set_debug, show_progress_logs
 
 app = typer.Typer(
     help="GameSense: turn gaming data into production models (LLM adapters, tabular models) with "
@@ -26,6 +26,11 @@ app.add_typer(models_app, name="models")
 app.add_typer(recipe_app, name="recipe")
 app.add_typer(engagement_cli.app, name="engagement")
 app.command("serve")(engagement_cli.serve)
+
+
+@app.callback()
+def _global_options(debug: bool = typer.Option(False, "--debug", help="show the traceback of an error instead of one line")) -> None:
+    set_debug(debug)
 
 
 class _TaskCommandHost:
@@ -201,6 +206,8 @@ def evaluate(
         fail(err)
     for line, reason in report.skipped:
         console.print(f"[yellow]set aside line {line}: {reason}[/yellow]")
+    if not report.examples and "static" in task.evaluation:
+        fail(f"{report.path}: no usable rows to evaluate ({len(report.skipped)} set aside)")
     loaded = _load_model(model, config)
     slug = re.sub(r"[^\w.-]+", "_", f"{model}__{Path(data).stem}").strip("_")
     out_path = Path(output) if output else work_dir() / "predictions" / f"{slug}.jsonl"
@@ -472,3 +479,4 @@ def recipe_show(
 
 
 _mount_task_commands()
+install_error_boundary(app)  # every command: known errors -> one line, exit 2 (docs/operations.md)

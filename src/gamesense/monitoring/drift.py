@@ -49,6 +49,7 @@ class DriftResult:
     json_report: str | None = None
     rows_reference: int = 0
     rows_current: int = 0
+    rows_current_rejected: int = 0  # rows of the current batch left out because they break the schema
 
     def to_dict(self) -> dict[str, Any]:
         out = asdict(self)
@@ -194,10 +195,13 @@ def monitor_engagement(
 ) -> DriftResult:
     """Nightly check: reference = training data (``reference_file`` or the recipe's), current =
     ``current_file`` or the newest kept scored batch. Frames without predictions are scored with ``model``
-    (default: the ``serving.alias`` version). Rows failing the schema are left out.
+    (default: the ``serving.alias`` version). Rows failing the schema are left out (counted in
+    ``rows_current_rejected``).
 
     Raises:
-        FileNotFoundError: no current batch; LookupError: a model is needed and none is registered.
+        FileNotFoundError: no current batch; LookupError: a model is needed and none is registered;
+        SchemaError: an unreadable file, or fewer than ``drift.min_rows`` valid rows in the current batch (a
+        handful of rows "drifts" on every column by chance, so no decision is made on them).
     """
     from gamesense.config import resolve_data_path
     from gamesense.serving.batch import latest_scored_batch
@@ -206,9 +210,20 @@ def monitor_engagement(
         current_file = latest_scored_batch()
         if current_file is None:
             raise FileNotFoundError("no scored batch yet: run `gamesense engagement predict` or pass --current")
-    reference = task.validate_frame(task.read_table(resolve_data_path(reference_file or recipe.data.train_file))).valid
+    reference_path = resolve_data_path(reference_file or recipe.data.train_file)
+    reference = task.validate_frame(task.read_table(reference_path)).valid
     raw_current = task.read_table(current_file)
-    current = task.validate_frame(raw_current).valid
+    checked = task.validate_frame(raw_current)
+    current = checked.valid
+    minimum = recipe.drift.min_rows
+    for label, path, frame, read in (("current batch", current_file, current, len(raw_current)),
+                                     ("reference", reference_path, reference, None)):  # fmt: skip
+        if len(frame) < minimum:
+            rejected = ""
+            if read is not None:
+                rejected = f" of {read}" + (f" ({len(checked.rejects)} rejected: {'; '.join(checked.summary)})" if len(checked.rejects) else "")
+            raise task.SchemaError(f"{label} {path}: {len(frame)} valid row(s){rejected}; a drift decision needs at "
+                                   f"least {minimum} (drift.min_rows)")  # fmt: skip
     if task.PREDICTION in raw_current and len(raw_current) == len(current):  # a kept scored batch
         current[task.PREDICTION] = raw_current[task.PREDICTION].astype(str).to_numpy()
     frames = [f for f in (reference, current) if task.PREDICTION not in f]
@@ -221,4 +236,6 @@ def monitor_engagement(
             model = load_tabular_model(recipe.registry.model_name, recipe.serving.alias)
         for f in frames:
             f[task.PREDICTION] = model.predict_frame(f)[task.PREDICTION].astype(str).to_numpy()
-    return run_drift(reference, current, recipe.drift, out_dir or reports_dir())
+    result = run_drift(reference, current, recipe.drift, out_dir or reports_dir())
+    result.rows_current_rejected = len(checked.rejects)
+    return result

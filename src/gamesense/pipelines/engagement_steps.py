@@ -3,6 +3,7 @@ promotion gate (:func:`gamesense.registry.promotion.promotion_gate`)."""
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import pandas as pd
@@ -21,10 +22,38 @@ def _scalar(metrics: dict[str, Any], prefix: str) -> dict[str, float]:
     return {prefix + k: float(v) for k, v in metrics.items() if isinstance(v, (int, float))}
 
 
+def held_out_file(recipe: task.EngagementRecipe, eval_file: str | None, challenger=None) -> Path:
+    """The evaluation file for the gate: ``eval_file``, else the recipe's ``data.eval_file``.
+
+    Raises:
+        ValueError: neither is set, or the file is a training file (the recipe's ``data.train_file`` or the one
+            the challenger was trained on): a score on training rows would favour overfitted models.
+    """
+    from gamesense.config import resolve_data_path
+
+    chosen = eval_file or recipe.data.eval_file
+    if not chosen:
+        raise ValueError("promote needs a held-out labelled file: pass --eval-file FILE or set data.eval_file in the "
+                         "recipe (not the training file)")  # fmt: skip
+    path = resolve_data_path(chosen)
+    training = [recipe.data.train_file]
+    if challenger is not None and challenger.run_id:
+        from mlflow import MlflowClient
+
+        tags = MlflowClient().get_run(challenger.run_id).data.tags
+        training += [t for t in (tags.get("data_path"), tags.get("data_file")) if t]
+    for train in training:
+        train_path = resolve_data_path(train)
+        if path.exists() and train_path.exists() and path.samefile(train_path):
+            raise ValueError(f"evaluation file {chosen} is the training file {train}: promote needs held-out data "
+                             "(--eval-file or data.eval_file)")  # fmt: skip
+    return path
+
+
 def promote_engagement(recipe: task.EngagementRecipe, eval_file: str | None = None) -> dict[str, Any]:
-    """Evaluate the ``challenger`` (and the ``champion``) on ``eval_file`` (default: the recipe's data file) and
-    move ``champion`` only when the challenger's ``registry.metric`` is higher by more than
-    ``registry.min_delta``.
+    """Evaluate the ``challenger`` (and the ``champion``) on held-out data (``eval_file``, else the recipe's
+    ``data.eval_file``; never the training file, see :func:`held_out_file`) and move ``champion`` only when the
+    challenger's ``registry.metric`` is higher by more than ``registry.min_delta``.
 
     The decision is logged as an MLflow run (experiment ``<experiment>-promotion``), as tags on the
     challenger version and as one line of ``<workdir>/promotions.jsonl``.
@@ -33,7 +62,8 @@ def promote_engagement(recipe: task.EngagementRecipe, eval_file: str | None = No
         dict with ``promote``, ``reason``, ``challenger``/``champion`` versions and scores, ``eval_file``.
 
     Raises:
-        LookupError: no challenger; SchemaError / ValueError: unusable evaluation file.
+        LookupError: no challenger; SchemaError / ValueError: no held-out file, the training file, or an
+        unusable evaluation file.
     """
     import mlflow
 
@@ -44,11 +74,11 @@ def promote_engagement(recipe: task.EngagementRecipe, eval_file: str | None = No
 
     reg = recipe.registry
     setup_tracking(reg.tracking_uri, reg.experiment + "-promotion")
-    path = eval_file or recipe.data.train_file
-    df, _ = load_training_frame(path)
     challenger_mv = get_version_by_alias(reg.model_name, CHALLENGER)
+    path = held_out_file(recipe, eval_file, challenger_mv)
     if challenger_mv is None:
         raise LookupError(f"model {reg.model_name!r} has no {CHALLENGER!r} version: run `gamesense engagement train`")
+    df, _ = load_training_frame(path)
     version = str(challenger_mv.version)
     candidate = evaluate_tabular(load_tabular_model(reg.model_name, version), df)
     champion_metrics: dict[str, Any] = {}

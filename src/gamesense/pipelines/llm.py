@@ -59,12 +59,39 @@ def llm_pipeline(recipe: LLMRecipe, resume: bool = False) -> None:
     promote(recipe, data, base_metrics, trained)
 
 
-def run_zenml(recipe: LLMRecipe, resume: bool = False) -> PipelineOutcome:
-    """Run :func:`llm_pipeline` on the active ZenML stack and collect its outputs.
+def check_data_files(recipe: LLMRecipe) -> None:
+    """Load the recipe's training and evaluation files once before the pipeline starts (writing those the task
+    can produce, as ``prepare_data`` would), so that a missing or unusable file stops with one line naming
+    it instead of a failed ZenML step and its log.
 
     Raises:
-        RuntimeError: the pipeline run did not complete.
+        the task's ``DataError``: missing file or wrong columns; ValueError: no usable row.
     """
+    from gamesense.settings import data_path
+
+    task = llm_steps.open_task(recipe)
+    for split, name, max_rows in (("train", recipe.data.train_file, recipe.data.max_train_rows),
+                                  ("eval", recipe.data.eval_file, recipe.data.max_eval_rows)):  # fmt: skip
+        if name is None:
+            continue  # no evaluation file: the task's validation slice of the training file
+        path = data_path(name)
+        if not path.exists():
+            task.create_data(split, path)
+        report = task.load(path, max_rows)
+        if not report.examples:
+            why = (f"{len(report.skipped)} rows set aside, first: line {report.skipped[0][0]}: {report.skipped[0][1]}"
+                   if report.skipped else "the file has no rows")  # fmt: skip
+            raise ValueError(f"{split} file {report.path}: no usable rows ({why})")
+
+
+def run_zenml(recipe: LLMRecipe, resume: bool = False) -> PipelineOutcome:
+    """Run :func:`llm_pipeline` on the active ZenML stack and collect its outputs (data files checked first,
+    :func:`check_data_files`).
+
+    Raises:
+        the task's ``DataError`` / ValueError: unusable data file; RuntimeError: the pipeline run did not complete.
+    """
+    check_data_files(recipe)
     run = llm_pipeline(recipe=recipe, resume=resume)
     if not str(run.status).lower().endswith("completed"):
         raise RuntimeError(f"ZenML pipeline run {run.name} ended with status {run.status}")

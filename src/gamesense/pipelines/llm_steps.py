@@ -27,7 +27,8 @@ from pydantic import BaseModel
 
 from gamesense.config import LLMRecipe
 from gamesense.models.base import whole_weights
-from gamesense.registry.mlflow_store import attach_run, register_version, set_alias, setup_tracking
+from gamesense.registry.mlflow_store import (attach_run, end_stale_runs, register_version, run_owner_tags, set_alias,
+                                             setup_tracking)  # fmt: skip
 from gamesense.registry.promotion import CHALLENGER, PromotionOutcome, promotion_gate
 from gamesense.settings import data_path, work_dir
 from gamesense.tasks import get_task
@@ -162,10 +163,14 @@ def prepare_data(recipe: LLMRecipe, resume: bool = False) -> PreparedData:
             pairs = [pairs[i] for i in sorted(random.Random(0).sample(range(len(pairs)), limit))]
         eval_records["preference"] = pairs
 
+    killed = end_stale_runs(recipe.registry.experiment, also=_unfinished_run(task.name))  # e.g. after kill -9
+    if killed:
+        log.warning("%d run(s) left RUNNING by a process that is gone, ended as KILLED: %s", len(killed), ", ".join(killed))
     previous = _unfinished_run(task.name) if resume else None
     if resume and previous is None:
         log.warning("--resume: no unfinished %s run found, starting a new one", task.name)
     run = mlflow.start_run(run_id=previous) if previous else mlflow.start_run(run_name=f"{task.name}-{'-'.join(recipe.stages)}")
+    mlflow.set_tags(run_owner_tags())
     run_dir = work_dir() / "runs" / task.name / run.info.run_id
     run_dir.mkdir(parents=True, exist_ok=True)
     counts = {"train_rows": len(train.examples), "train_skipped_rows": len(train.skipped),
@@ -254,9 +259,11 @@ def _stage_run(data: PreparedData, stage: str, stage_dir: Path, settings: dict[s
     id_file = stage_dir / "mlflow_run_id"
     if id_file.is_file():
         run = mlflow.start_run(run_id=id_file.read_text().strip(), nested=True)
+        mlflow.set_tags(run_owner_tags())
         mlflow.log_dict(settings, "settings_resumed.json")
         return run
     run = mlflow.start_run(run_name=stage, nested=True, parent_run_id=data.run_id)
+    mlflow.set_tags(run_owner_tags())
     id_file.write_text(run.info.run_id)
     mlflow.log_params({f"{stage}.{k}": str(v)[:500] for k, v in settings.items()})
     return run

@@ -8,6 +8,7 @@ server instead. Aliases follow MLflow's registry API: ``champion`` serves, ``cha
 from __future__ import annotations
 
 import os
+import socket
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -149,3 +150,54 @@ def attach_run(run_id: str):
         return
     with mlflow.start_run(run_id=run_id) as run:
         yield run
+
+
+#: tag naming the process that runs an MLflow run (``<host>:<pid>``), so a later job can tell a live run from one
+#: whose process was killed (kill -9, OOM, power loss) and left it RUNNING
+RUN_OWNER_TAG = "gamesense.owner"
+
+
+def run_owner_tags() -> dict[str, str]:
+    """``{RUN_OWNER_TAG: "<host>:<pid>"}`` for the current process."""
+    return {RUN_OWNER_TAG: f"{socket.gethostname()}:{os.getpid()}"}
+
+
+def _owner_gone(owner: str | None) -> bool:
+    """True when ``owner`` names a process of this machine that no longer exists (other machines: unknown, False)."""
+    host, _, pid = (owner or "").rpartition(":")
+    if host != socket.gethostname() or not pid.isdigit():
+        return False
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:  # alive, another user's
+        return False
+    return False
+
+
+def end_stale_runs(experiment: str, also: str | None = None) -> list[str]:
+    """End as ``KILLED`` the runs of ``experiment`` whose process died without ending them: RUNNING runs owned
+    (:data:`RUN_OWNER_TAG`) by a process of this machine that is gone, and ``also`` (a run the caller knows did
+    not finish, e.g. an interrupted pipeline's parent run that shows FINISHED between its steps) when its owner
+    is gone. A resumed run is reopened as RUNNING and ends FINISHED as usual.
+
+    Returns:
+        The run ids marked KILLED.
+    """
+    client = MlflowClient()
+    found = client.get_experiment_by_name(experiment)
+    if found is None:
+        return []
+    runs = client.search_runs([found.experiment_id], filter_string="attributes.status = 'RUNNING'", max_results=1000)
+    if also:
+        try:
+            runs.append(client.get_run(also))
+        except MlflowException:
+            pass
+    killed = []
+    for run in runs:
+        if run.info.status != "KILLED" and _owner_gone(run.data.tags.get(RUN_OWNER_TAG)):
+            client.set_terminated(run.info.run_id, "KILLED")
+            killed.append(run.info.run_id)
+    return killed

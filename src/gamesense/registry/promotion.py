@@ -29,6 +29,10 @@ CHAMPION = "champion"
 CHALLENGER = "challenger"
 
 
+class ConcurrentPromotionError(RuntimeError):
+    """Another job moved ``champion`` while this gate decided: nothing was changed; run the promote again."""
+
+
 @dataclass(frozen=True)
 class PromotionDecision:
     """Outcome of :func:`decide_promotion`: ``alias`` is ``champion`` when ``promote`` else ``challenger``."""
@@ -144,41 +148,71 @@ def promotion_gate(
         points there: a newer challenger is left alone).
 
     Raises:
-        RuntimeError: on a remote store, another job moved ``champion`` while this gate decided.
+        ConcurrentPromotionError: on a remote store, another job moved ``champion`` while this gate decided.
     """
     client = MlflowClient()
     version = str(version)
     with promotion_lock(model_name):
         champion = get_version_by_alias(model_name, CHAMPION)
         previous = str(champion.version) if champion is not None else None
+        if previous == version:  # e.g. a concurrent promote of the same challenger moved it first
+            decision = PromotionDecision(False, f"{metric}: v{version} is already champion -> nothing to change",
+                                         metric, candidate, dict(baselines or {}))  # fmt: skip
+            return _record(PromotionOutcome(model_name, version, CHAMPION, False, decision.reason, metric,
+                                            decision.candidate, decision.baselines, previous), audit)  # fmt: skip
         scores = dict(baselines or {})
-        if champion is None:
-            scores["champion"] = None
-        elif previous == version:
-            scores[f"champion v{previous}"] = candidate  # it is the champion already: nothing to gain
-        else:
-            scores[f"champion v{previous}"] = float(champion_score(champion))
+        scores["champion" if champion is None else f"champion v{previous}"] = (
+            None if champion is None else float(champion_score(champion)))  # fmt: skip
         decision = decide_promotion(metric, candidate, scores, higher_is_better, min_delta)
-        alias = CHAMPION if decision.promote or previous == version else CHALLENGER
         if decision.promote:
-            now = get_version_by_alias(model_name, CHAMPION)
-            if (str(now.version) if now is not None else None) != previous:
-                raise RuntimeError(f"{model_name}: champion moved to v{now.version} while v{version} was evaluated")
-            set_alias(model_name, version, CHAMPION)
-            challenger = get_version_by_alias(model_name, CHALLENGER)
-            if challenger is not None and str(challenger.version) == version:
-                client.delete_registered_model_alias(model_name, CHALLENGER)
-            moved = get_version_by_alias(model_name, CHAMPION)
-            if moved is None or str(moved.version) != version:
-                raise RuntimeError(f"{model_name}: champion is v{moved.version if moved else None} right after "
-                                   f"moving it to v{version}: another job promoted concurrently")  # fmt: skip
+            _move_champion(client, model_name, version, previous)
         client.set_model_version_tag(model_name, version, "promotion_decision",
                                      "promoted" if decision.promote else "kept")  # fmt: skip
         client.set_model_version_tag(model_name, version, "promotion_reason", decision.reason[:5000])
-        outcome = PromotionOutcome(model_name, version, alias, decision.promote, decision.reason, metric,
-                                   decision.candidate, decision.baselines, previous)  # fmt: skip
-        record = {"time": time.strftime("%Y-%m-%dT%H:%M:%S"), **outcome.to_dict(), **(audit or {})}
-        log_path = work_dir() / "promotions.jsonl"
-        with log_path.open("a") as handle:
-            handle.write(json.dumps(record, default=str) + "\n")
+        return _record(PromotionOutcome(model_name, version, decision.alias, decision.promote, decision.reason, metric,
+                                        decision.candidate, decision.baselines, previous), audit)  # fmt: skip
+
+
+def _move_champion(client: MlflowClient, model_name: str, version: str, previous: str | None) -> None:
+    """Compare-and-move: ``champion`` from ``previous`` to ``version``, then ``challenger`` off ``version``.
+
+    Every alias is re-read right before and after its move, which is what protects a remote store (no lock
+    there): the move is refused when ``champion`` is no longer ``previous``, and ``challenger`` is removed
+    only while it still points at ``version``; if a train moved it to a newer version in between and the
+    removal took it, the newest version (which then holds no alias) gets it back.
+
+    Raises:
+        ConcurrentPromotionError: another job moved ``champion`` during the decision or right after the move.
+    """
+    now = get_version_by_alias(model_name, CHAMPION)
+    if (str(now.version) if now is not None else None) != previous:
+        raise ConcurrentPromotionError(f"{model_name}: champion moved to v{now.version if now else None} while v{version} was "
+                           "evaluated: run promote again")  # fmt: skip
+    set_alias(model_name, version, CHAMPION)
+    challenger = get_version_by_alias(model_name, CHALLENGER)
+    if challenger is not None and str(challenger.version) == version:
+        client.delete_registered_model_alias(model_name, CHALLENGER)
+        _restore_newer_challenger(client, model_name, version)
+    moved = get_version_by_alias(model_name, CHAMPION)
+    if moved is None or str(moved.version) != version:
+        raise ConcurrentPromotionError(f"{model_name}: champion is v{moved.version if moved else None} right after "
+                           f"moving it to v{version}: another job promoted concurrently")  # fmt: skip
+
+
+def _restore_newer_challenger(client: MlflowClient, model_name: str, promoted: str) -> None:
+    """A version newer than ``promoted`` with no alias can only have lost ``challenger`` to our removal (a train
+    registered it between our read and our delete): give the alias back."""
+    if get_version_by_alias(model_name, CHALLENGER) is not None:
+        return
+    versions = client.search_model_versions(f"name='{model_name}'")
+    newest = max(versions, key=lambda mv: int(mv.version), default=None)
+    if newest is not None and int(newest.version) > int(promoted) and not (newest.aliases or []):
+        set_alias(model_name, newest.version, CHALLENGER)
+
+
+def _record(outcome: PromotionOutcome, audit: dict[str, Any] | None) -> PromotionOutcome:
+    """Append the decision to ``<workdir>/promotions.jsonl`` (called once per gate, inside the lock)."""
+    record = {"time": time.strftime("%Y-%m-%dT%H:%M:%S"), **outcome.to_dict(), **(audit or {})}
+    with (work_dir() / "promotions.jsonl").open("a") as handle:
+        handle.write(json.dumps(record, default=str) + "\n")
     return outcome

@@ -29,6 +29,14 @@ def latest_scored_batch() -> Path | None:
     return files[-1] if files else None
 
 
+def _same_file(a: Path, b: Path) -> bool:
+    """True when ``a`` and ``b`` name one file (also through links); False when ``a`` does not exist yet."""
+    try:
+        return a.resolve() == b.resolve() or (a.exists() and b.exists() and a.samefile(b))
+    except OSError:
+        return False
+
+
 def predict_batch(
     input_path: str | Path,
     output_path: str | Path,
@@ -41,29 +49,42 @@ def predict_batch(
     Output columns: ``PlayerID``, ``PredictedEngagementLevel``, ``proba_High``, ``proba_Low``,
     ``proba_Medium``, ``model_version``. The target column, when present, is ignored for scoring.
 
+    PlayerIDs are written exactly as read (text). Rejected rows go to ``rejects_path`` (default
+    ``<workdir>/engagement/rejects/<input>-<time>.csv``) with the reason per row.
+
     Returns:
         summary dict: counts, output/rejects/scored paths, seconds, rows_per_s.
 
     Raises:
-        SchemaError: unreadable file, unsupported suffix or missing columns.
+        SchemaError: unreadable file, unsupported suffix, missing columns, an output path that is the input,
+            or no valid row at all (the rejects file is written first and named in the message).
     """
     t0 = time.perf_counter()
     input_path, output_path = Path(input_path), Path(output_path)
     if output_path.suffix.lower() not in (".csv", ".parquet", ".pq"):
         raise task.SchemaError(f"{output_path}: unsupported format (use .csv or .parquet)")
+    for name, path in (("--output", output_path), ("--rejects", rejects_path)):
+        if path is not None and _same_file(Path(path), input_path):
+            raise task.SchemaError(f"{name} {path} is the input file: choose another path (the input would be overwritten)")
     raw = task.read_table(input_path)
     result = task.validate_frame(raw, require_target=False)
     valid = result.valid
+    stamp = time.strftime("%Y%m%dT%H%M%S") + f"-{time.time_ns() % 1_000_000:06d}"
+    if len(result.rejects):
+        rejects_path = Path(rejects_path) if rejects_path else work_dir() / "engagement" / "rejects" / f"{input_path.stem}-{stamp}.csv"
+        task.write_table(result.rejects, rejects_path)
+    if valid.empty:
+        if result.n_input == 0:
+            raise task.SchemaError(f"{input_path}: no rows to score (only a header)")
+        top = ", ".join(f"{reason} ({count})" for reason, count in sorted(result.summary.items(), key=lambda kv: -kv[1])[:3])
+        raise task.SchemaError(f"{input_path}: all {result.n_input} rows rejected ({top}); reasons per row in {rejects_path}")
     preds = model.predict_frame(valid)
     out = pd.concat([valid[[task.ID_COLUMN]], preds], axis=1)
     out[task.PREDICTION] = out[task.PREDICTION].astype(str)
     out["model_version"] = str(model.version)
     task.write_table(out, output_path)
-    stamp = time.strftime("%Y%m%dT%H%M%S") + f"-{time.time_ns() % 1_000_000:06d}"
     summary: dict[str, Any] = {**result.report(), "output": str(output_path), "model_version": str(model.version)}
     if len(result.rejects):
-        rejects_path = Path(rejects_path) if rejects_path else work_dir() / "engagement" / "rejects" / f"{input_path.stem}-{stamp}.csv"
-        task.write_table(result.rejects, rejects_path)
         summary["rejects_file"] = str(rejects_path)
     if keep_scored and len(valid):
         scored = pd.concat([valid, preds], axis=1)

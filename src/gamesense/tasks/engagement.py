@@ -54,6 +54,8 @@ NUMERIC: dict[str, NumericSpec] = {
     "AchievementsUnlocked": NumericSpec(0, 10000, True, "achievements unlocked"),
 }
 
+MAX_ID_LENGTH = 128  # PlayerID characters; a longer "id" is a broken file or a hostile request
+
 CATEGORICAL_FEATURES = list(CATEGORIES)
 RAW_NUMERIC_FEATURES = list(NUMERIC)
 ENGINEERED_FEATURES = ["WeeklyPlayMinutes"]
@@ -72,38 +74,84 @@ class SchemaError(ValueError):
 
 
 def read_table(path: str | Path) -> pd.DataFrame:
-    """Read a CSV or Parquet file (by suffix).
+    """Read a CSV or Parquet file (by suffix). ``PlayerID`` is read as text: identifiers are opaque keys, and
+    parsing them as numbers would change large ones (float64 / int64 overflow).
 
     Raises:
-        SchemaError: missing file or unsupported suffix.
+        SchemaError: missing, empty, non-UTF-8 or malformed file, or an unsupported suffix (the message names
+            the file and, where known, the line).
     """
     path = Path(path)
     if not path.is_file():
         raise SchemaError(f"{path}: no such file")
     suffix = path.suffix.lower()
     if suffix == ".csv":
-        return pd.read_csv(path)
+        try:
+            return pd.read_csv(path, dtype={ID_COLUMN: str}, encoding="utf-8")
+        except pd.errors.EmptyDataError:
+            raise SchemaError(f"{path}: empty file (expected a CSV header: {','.join(COLUMNS)})") from None
+        except UnicodeDecodeError:
+            raise SchemaError(f"{path}: {_first_non_utf8(path)}; expected UTF-8 text") from None
+        except pd.errors.ParserError as err:
+            raise SchemaError(f"{path}: malformed CSV ({str(err).strip().splitlines()[-1]})") from None
     if suffix in (".parquet", ".pq"):
-        return pd.read_parquet(path)
+        try:
+            df = pd.read_parquet(path)
+        except Exception as err:  # pyarrow raises several unrelated types for a broken file
+            raise SchemaError(f"{path}: not a readable Parquet file ({str(err).splitlines()[0] if str(err) else type(err).__name__})") from None
+        return df
     raise SchemaError(f"{path}: unsupported format {suffix!r} (use .csv or .parquet)")
+
+
+def _first_non_utf8(path: Path) -> str:
+    """Where the first byte that is not UTF-8 lies, as ``line N, byte 0xNN`` (read only on the error path)."""
+    data = path.read_bytes()
+    try:
+        data.decode("utf-8")
+    except UnicodeDecodeError as err:
+        line = data.count(b"\n", 0, err.start) + 1
+        return f"line {line}: byte 0x{data[err.start]:02x} is not UTF-8"
+    return "not UTF-8"
 
 
 def write_table(df: pd.DataFrame, path: str | Path) -> Path:
     """Write ``df`` as CSV or Parquet (by suffix), creating parent directories.
 
     Raises:
-        SchemaError: unsupported suffix.
+        SchemaError: unsupported suffix, or the file cannot be written (the message names it and why).
     """
     path = Path(path)
     suffix = path.suffix.lower()
     if suffix not in (".csv", ".parquet", ".pq"):
         raise SchemaError(f"{path}: unsupported format {suffix!r} (use .csv or .parquet)")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    if suffix == ".csv":
-        df.to_csv(path, index=False)
-    else:
-        df.to_parquet(path, index=False)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        if suffix == ".csv":
+            df.to_csv(path, index=False)
+        else:
+            df.to_parquet(path, index=False)
+    except OSError as err:
+        raise SchemaError(f"cannot write {path}: {err.strerror or err}") from None
     return path
+
+
+def player_ids(values: pd.Series) -> pd.Series:
+    """PlayerIDs as text, exactly as given: strings stay as they are, integers are written in full; integral
+    floats (a Parquet column that was already float) lose their ``.0``. Missing or blank values become None.
+
+    >>> player_ids(pd.Series(["007", 12, None, " "])).tolist()
+    ['007', '12', None, None]
+    """
+
+    def one(value: Any) -> str | None:
+        if value is None or (isinstance(value, float) and np.isnan(value)) or value is pd.NA:
+            return None
+        if isinstance(value, (float, np.floating)) and float(value).is_integer():
+            return str(int(value))
+        text = str(value)
+        return text if text.strip() else None
+
+    return pd.Series([one(v) for v in values.tolist()], index=values.index, dtype=object)
 
 
 @dataclass
@@ -122,11 +170,15 @@ class ValidationResult:
     n_input: int
     n_duplicates: int
     summary: dict[str, int] = field(default_factory=dict)
+    rejects_file: str | None = None  # where the caller wrote ``rejects``, if it did
 
     def report(self) -> dict[str, Any]:
         """Counts for logs and CLI output."""
-        return {"rows": self.n_input, "valid": len(self.valid), "rejected": len(self.rejects),
-                "duplicates_dropped": self.n_duplicates, "reasons": self.summary}  # fmt: skip
+        out = {"rows": self.n_input, "valid": len(self.valid), "rejected": len(self.rejects),
+               "duplicates_dropped": self.n_duplicates, "reasons": self.summary}  # fmt: skip
+        if self.rejects_file:
+            out["rejects_file"] = self.rejects_file
+        return out
 
 
 def validate_frame(df: pd.DataFrame, require_target: bool = False, require_id: bool = True) -> ValidationResult:
@@ -134,8 +186,12 @@ def validate_frame(df: pd.DataFrame, require_target: bool = False, require_id: b
 
     Exact duplicate rows are dropped and counted. A row is rejected, with every reason joined by ``"; "``,
     when a value is missing, not numeric, not a whole number where one is required, out of range, not an
-    allowed category, or when its PlayerID appears on more than one (non-identical) row. Extra columns are
-    ignored. The target is checked when present and required only when ``require_target``.
+    allowed category, or when its PlayerID is longer than :data:`MAX_ID_LENGTH` or appears on more than one
+    (non-identical) row. PlayerIDs are opaque text (see :func:`player_ids`). Extra columns are ignored.
+
+    Args:
+        require_target: training/evaluation: the target column must be present and valid, and is kept.
+            Otherwise (scoring) the target is not used, so it is neither checked nor kept.
 
     Raises:
         SchemaError: required columns missing (named in the message).
@@ -145,8 +201,10 @@ def validate_frame(df: pd.DataFrame, require_target: bool = False, require_id: b
     if missing:
         raise SchemaError(f"missing column(s): {', '.join(missing)}")
     n_input = len(df)
-    cols = [c for c in COLUMNS if c in df.columns]
+    cols = [c for c in COLUMNS if c in df.columns and (c != TARGET or require_target)]
     work = df[cols].reset_index(drop=True)
+    if ID_COLUMN in work.columns:
+        work[ID_COLUMN] = player_ids(work[ID_COLUMN])
     dup = work.duplicated().to_numpy()
     n_dup = int(dup.sum())
     positions = np.flatnonzero(~dup)
@@ -161,7 +219,7 @@ def validate_frame(df: pd.DataFrame, require_target: bool = False, require_id: b
             reasons[mask] = reasons[mask] + (text + "; ")
             counts[text] = counts.get(text, 0) + int(mask.sum())
 
-    def numeric(name: str, spec: NumericSpec | None) -> None:
+    def numeric(name: str, spec: NumericSpec) -> None:
         raw = work[name]
         values = pd.to_numeric(raw, errors="coerce")
         arr = values.to_numpy(dtype=np.float64, na_value=np.nan)
@@ -169,18 +227,23 @@ def validate_frame(df: pd.DataFrame, require_target: bool = False, require_id: b
         bad_type = np.isnan(arr) & ~missing
         flag(missing, f"{name} is missing")
         flag(bad_type, f"{name} is not a number")
-        ok = ~np.isnan(arr)
-        if spec is not None:
-            if spec.integer:
-                flag(ok & (np.floor(arr) != arr), f"{name} is not a whole number")
-            flag(ok & ((arr < spec.low) | (arr > spec.high)), f"{name} out of range [{spec.low:g}, {spec.high:g}]")
-            out[name] = arr if not spec.integer else np.where(ok, arr, 0).astype(np.int64)
-        else:
-            flag(ok & ((np.floor(arr) != arr) | (arr < 0)), f"{name} is not a non-negative integer")
-            out[name] = np.where(ok, arr, -1).astype(np.int64)
+        ok = np.isfinite(arr)
+        flag(np.isinf(arr), f"{name} is not finite")
+        if spec.integer:
+            flag(ok & (np.floor(arr) != arr), f"{name} is not a whole number")
+        flag(ok & ((arr < spec.low) | (arr > spec.high)), f"{name} out of range [{spec.low:g}, {spec.high:g}]")
+        in_range = ok & (arr >= spec.low) & (arr <= spec.high)  # rejected rows get a placeholder, never cast
+        out[name] = arr if not spec.integer else np.where(in_range, arr, 0).astype(np.int64)
 
     if ID_COLUMN in work.columns:
-        numeric(ID_COLUMN, None)
+        ids = work[ID_COLUMN]
+        present = ids.notna().to_numpy()
+        flag(~present, f"{ID_COLUMN} is missing")
+        lengths = np.fromiter((len(v) if v is not None else 0 for v in ids), dtype=np.int64, count=len(ids))
+        flag(present & (lengths > MAX_ID_LENGTH),
+             f"{ID_COLUMN} is longer than {MAX_ID_LENGTH} characters")  # fmt: skip
+        flag(ids.duplicated(keep=False).to_numpy() & present, f"{ID_COLUMN} is duplicated (same id on different rows)")
+        out[ID_COLUMN] = ids.to_numpy(dtype=object)
     for name, spec in NUMERIC.items():
         numeric(name, spec)
     for name, allowed in list(CATEGORIES.items()) + ([(TARGET, tuple(sorted(CLASSES)))] if TARGET in work else []):
@@ -191,18 +254,13 @@ def validate_frame(df: pd.DataFrame, require_target: bool = False, require_id: b
         flag(missing, f"{name} is missing")
         flag((codes < 0) & ~missing, f"{name} not in {{{', '.join(allowed)}}}")
         out[name] = cat
-    if ID_COLUMN in work.columns:
-        ids = work[ID_COLUMN]
-        clash = ids.duplicated(keep=False).to_numpy() & ids.notna().to_numpy()
-        flag(clash, f"{ID_COLUMN} is duplicated (same id on different rows)")
 
     bad = reasons != ""
     rejects = work.loc[bad].copy()
     rejects.insert(0, "source_row", positions[bad])
     rejects["reason"] = [r[:-2] for r in reasons[bad]]
     keep = ~bad
-    valid = pd.DataFrame({c: (out[c][keep] if not isinstance(out[c], pd.Categorical) else out[c][keep])
-                          for c in cols})  # fmt: skip
+    valid = pd.DataFrame({c: out[c][keep] for c in cols})
     return ValidationResult(valid.reset_index(drop=True), rejects.reset_index(drop=True), n_input, n_dup, counts)
 
 
@@ -359,6 +417,8 @@ class EngagementData(StrictModel):
     """Training data and split."""
 
     train_file: str = Field(description="labelled CSV/Parquet")
+    eval_file: str | None = Field(description="held-out labelled file for the promotion gate (never the training "
+                                  "file); null: promote needs --eval-file")  # fmt: skip
     max_rows: int | None = Field(ge=100, description="stratified subsample of N rows (tests, smoke runs); null: all")
     test_size: float = Field(gt=0, lt=1, description="held-out share (stratified)")
     cv_folds: int = Field(ge=0, description="stratified K-fold CV of LightGBM on the train split; 0/1: off")
@@ -387,6 +447,8 @@ class DriftRule(StrictModel):
     key_columns: list[str] = Field(description="retrain when any of these drifted")
     method_threshold: float | None = Field(gt=0, description="override Evidently's per-column threshold")
     max_reference_rows: int | None = Field(ge=100, description="subsample reference for speed")
+    min_rows: int = Field(ge=1, description="fewest valid rows in the current batch for a drift decision "
+                          "(fewer: monitor exits 2 instead of calling drift on noise)")  # fmt: skip
 
 
 class EngagementRegistry(StrictModel):
@@ -404,7 +466,8 @@ class EngagementServing(StrictModel):
 
     alias: str = Field(description="registry alias served")
     reload_interval_s: float = Field(gt=0, description="how often the server checks the alias")
-    max_batch: int = Field(ge=1, description="players per request")
+    max_batch: int = Field(ge=1, description="players per request (more: 422)")
+    max_body_bytes: int = Field(ge=1024, description="request body size limit (larger: 413)")
 
 
 class EngagementRecipe(StrictModel):

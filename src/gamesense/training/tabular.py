@@ -54,16 +54,30 @@ class TrainResult:
 def load_training_frame(path: str | Path, max_rows: int | None = None, seed: int = 42) -> tuple[pd.DataFrame, Any]:
     """Read and validate a labelled file; optionally a stratified subsample of ``max_rows``.
 
+    Rows that break the schema are not used: they are written with their reason to
+    ``<workdir>/engagement/rejects/<file>-<time>.csv`` (named in the report as ``rejects_file``) and a
+    warning says how many, so a training or evaluation set never shrinks unnoticed.
+
     Returns:
         (valid frame, :class:`~gamesense.tasks.engagement.ValidationResult`).
 
     Raises:
         SchemaError: unreadable file or missing columns; ValueError: no valid rows.
     """
-    result = task.validate_frame(task.read_table(resolve_data_path(path)), require_target=True)
+    from gamesense.settings import work_dir
+
+    resolved = resolve_data_path(path)
+    result = task.validate_frame(task.read_table(resolved), require_target=True)
+    if len(result.rejects):
+        stamp = time.strftime("%Y%m%dT%H%M%S") + f"-{time.time_ns() % 1_000_000:06d}"
+        rejects = task.write_table(result.rejects, work_dir() / "engagement" / "rejects" / f"{Path(resolved).stem}-{stamp}.csv")
+        result.rejects_file = str(rejects)
+        log.warning("%s: %d of %d rows rejected and not used (%s); reasons per row in %s", path, len(result.rejects),
+                    result.n_input, "; ".join(f"{k}: {v}" for k, v in result.summary.items()), rejects)  # fmt: skip
     df = result.valid
     if df.empty:
-        raise ValueError(f"{path}: no valid rows ({result.report()})")
+        raise ValueError(f"{path}: no valid rows ({result.n_input} read, {len(result.rejects)} rejected"
+                         + (f"; reasons per row in {result.rejects_file}" if result.rejects_file else "") + ")")  # fmt: skip
     if max_rows and len(df) > max_rows:
         from sklearn.model_selection import train_test_split
 
@@ -91,7 +105,7 @@ def train_engagement(recipe: task.EngagementRecipe, data_file: str | None = None
     from sklearn.model_selection import StratifiedKFold, cross_validate, train_test_split
 
     from gamesense.registry.mlflow_store import set_alias, setup_tracking
-    from gamesense.registry.promotion import CHALLENGER
+    from gamesense.registry.promotion import CHALLENGER, promotion_lock
 
     t0 = time.perf_counter()
     cfg = recipe.data
@@ -106,7 +120,10 @@ def train_engagement(recipe: task.EngagementRecipe, data_file: str | None = None
     cv_summary: dict[str, float] = {}
     version = None
     with mlflow.start_run(run_name="engagement-lightgbm") as run, tempfile.TemporaryDirectory() as tmp:
-        mlflow.set_tags({"task": "engagement", "model_family": "lightgbm", "data_file": str(path)})
+        mlflow.set_tags({"task": "engagement", "model_family": "lightgbm", "data_file": str(path),
+                         "data_path": str(resolve_data_path(path).resolve())})  # fmt: skip
+        if validation.rejects_file:
+            mlflow.log_artifact(validation.rejects_file, "rejects")
         mlflow.log_params({f"lgbm_{k}": v for k, v in params.items()})
         mlflow.log_params({"data_file": str(path), "rows_valid": len(df), "rows_rejected": len(validation.rejects),
                            "rows_train": len(train_df), "rows_test": len(test_df), "test_size": cfg.test_size,
@@ -176,7 +193,8 @@ def train_engagement(recipe: task.EngagementRecipe, data_file: str | None = None
                     **{k: f"{v:.6f}" for k, v in _scalar_metrics(metrics).items()}}  # fmt: skip
             for key, value in tags.items():
                 client.set_model_version_tag(recipe.registry.model_name, version, key, value)
-            set_alias(recipe.registry.model_name, version, CHALLENGER)
+            with promotion_lock(recipe.registry.model_name):  # never between a promote's check and its move
+                set_alias(recipe.registry.model_name, version, CHALLENGER)
             mlflow.set_tag("registered_version", version)
         seconds = time.perf_counter() - t0
         mlflow.log_metric("train_seconds", seconds)
