@@ -29,7 +29,7 @@ from gamesense.config import LLMRecipe
 from gamesense.models.base import whole_weights
 from gamesense.registry.mlflow_store import (attach_run, end_stale_runs, register_version, run_owner_tags, set_alias,
                                              setup_tracking)  # fmt: skip
-from gamesense.registry.promotion import CHALLENGER, PromotionOutcome, promotion_gate
+from gamesense.registry.promotion import CHALLENGER, PromotionOutcome, promotion_gate, promotion_lock
 from gamesense.settings import data_path, work_dir
 from gamesense.tasks import get_task
 from gamesense.tasks.base import LoadReport, Record, Task
@@ -394,7 +394,8 @@ def promote(recipe: LLMRecipe, data: PreparedData, base_metrics: dict[str, float
     source = f"{mlflow.get_run(trained.run_ids[final.stage]).info.artifact_uri}/adapter"
     version = register_version(name, source, trained.run_ids[final.stage], tags,
                                description=f"GameSense LoRA adapter for the {task.name} task")  # fmt: skip
-    set_alias(name, version.version, CHALLENGER)
+    with promotion_lock(name):  # never between a concurrent promote's check and its alias move
+        set_alias(name, version.version, CHALLENGER)
     outcome = promotion_gate(
         name, str(version.version), metric, float(metrics[metric]),
         champion_score=lambda champion: champion_score(recipe, task, data, champion),
