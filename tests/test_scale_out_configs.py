@@ -163,11 +163,11 @@ class _FakeZero3Config:
 def test_reward_model_loads_whole_while_a_zero3_config_is_registered(tiny_model_dir, monkeypatch):
     """After a ZeRO-3 stage's arguments exist, ``from_pretrained`` would load under ``zero.Init`` (here: needs
     deepspeed); the reward model (and evaluation) load whole, and the registration is back afterwards."""
+    from test_task_plugin import parity_recipe
     from transformers.integrations import deepspeed as hf_deepspeed
 
     from gamesense.models.base import whole_weights
     from gamesense.training.stages import load_reward_model
-    from test_task_plugin import parity_recipe
 
     registered = _FakeZero3Config()
     monkeypatch.setattr(hf_deepspeed, "_hf_deepspeed_config_weak_ref", __import__("weakref").ref(registered))
