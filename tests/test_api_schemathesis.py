@@ -4,13 +4,11 @@ codes and content types, and bodies that match the schema; invalid requests are 
 
 from __future__ import annotations
 
-import socket
-import threading
-import time
 from pathlib import Path
 
 import pandas as pd
 import pytest
+from support import isolated_workdir, served_on_localhost
 from typer.testing import CliRunner
 
 DATA = Path(__file__).resolve().parents[1].parent / "shared" / "datasets" / "engagement" / "online_gaming_behavior.csv"
@@ -22,15 +20,11 @@ pytestmark = [pytest.mark.slow, pytest.mark.skipif(not DATA.is_file(), reason="e
 @pytest.fixture(scope="module")
 def served(tmp_path_factory):
     """A trained and promoted model behind uvicorn on 127.0.0.1 (small limits so limits are exercised too)."""
-    import uvicorn
-
     from gamesense.cli import app as cli
     from gamesense.serving.app import create_app
 
     root = tmp_path_factory.mktemp("schemathesis")
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("GAMESENSE_WORKDIR", str(root / "work"))
-        mp.delenv("MLFLOW_TRACKING_URI", raising=False)
+    with isolated_workdir(root):
         full = pd.read_csv(DATA).sample(3000, random_state=1)
         full.iloc[:2500].to_csv(root / "train.csv", index=False)
         full.iloc[2500:].to_csv(root / "heldout.csv", index=False)
@@ -38,21 +32,11 @@ def served(tmp_path_factory):
         fast = ["--set", "data.cv_folds=0", "--set", "plots=false", "--set", "baselines=[]"]
         assert runner.invoke(cli, ["engagement", "train", "--data", str(root / "train.csv"), *fast]).exit_code == 0
         assert runner.invoke(cli, ["engagement", "promote", "--eval-file", str(root / "heldout.csv")]).exit_code == 0
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            port = s.getsockname()[1]
         # the body limit well above any generated body: a body both oversized and invalid answers 413, which
         # schemathesis counts as an invalid request accepted (413 itself is tested in test_engagement_hardening)
         app = create_app(reload_interval_s=60, max_batch=50, max_body_bytes=8 * 1024 * 1024)
-        server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
-        thread = threading.Thread(target=server.run, daemon=True)
-        thread.start()
-        deadline = time.time() + 30
-        while not server.started and time.time() < deadline:
-            time.sleep(0.05)
-        yield f"http://127.0.0.1:{port}"
-        server.should_exit = True
-        thread.join(timeout=10)
+        with served_on_localhost(app) as url:
+            yield url
 
 
 def test_served_openapi_schema_holds_under_generated_requests(served, capsys):

@@ -7,16 +7,14 @@ from __future__ import annotations
 import json
 import math
 import os
-import socket
 import subprocess
 import sys
-import threading
-import time
 from pathlib import Path
 
 import httpx
 import pandas as pd
 import pytest
+from support import isolated_workdir, served_on_localhost
 from typer.testing import CliRunner
 
 from gamesense.cli import app as cli
@@ -48,9 +46,7 @@ def one_line_error(result, *words: str) -> None:
 def env(tmp_path_factory):
     """A work dir with a champion (v1) trained on train.csv; held-out, batch and broken files beside it."""
     root = tmp_path_factory.mktemp("hardening")
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("GAMESENSE_WORKDIR", str(root / "work"))
-        mp.delenv("MLFLOW_TRACKING_URI", raising=False)
+    with isolated_workdir(root):
         full = pd.read_csv(DATA).sample(6000, random_state=4)
         full.iloc[:3000].to_csv(root / "train.csv", index=False)
         full.iloc[3000:4000].to_csv(root / "heldout.csv", index=False)
@@ -190,26 +186,13 @@ def test_readme_cron_line_retrains_only_on_exit_1():
 @pytest.fixture(scope="module")
 def api(env):
     """The real app on uvicorn, 127.0.0.1, small limits (3 players, 64 KiB)."""
-    import uvicorn
-
     from gamesense.serving.app import create_app
 
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("GAMESENSE_WORKDIR", str(env / "work"))
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            port = s.getsockname()[1]
         app = create_app(reload_interval_s=60, max_batch=3, max_body_bytes=64 * 1024)
-        server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
-        thread = threading.Thread(target=server.run, daemon=True)
-        thread.start()
-        deadline = time.time() + 30
-        while not server.started and time.time() < deadline:
-            time.sleep(0.05)
-        with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=30) as client:
+        with served_on_localhost(app) as url, httpx.Client(base_url=url, timeout=30) as client:
             yield client
-        server.should_exit = True
-        thread.join(timeout=10)
 
 
 def post_raw(api, text: str):

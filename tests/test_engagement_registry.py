@@ -7,14 +7,13 @@ uvicorn on 127.0.0.1. Data subsampled to keep the module at a few seconds per tr
 from __future__ import annotations
 
 import json
-import socket
-import threading
 import time
 from pathlib import Path
 
 import pandas as pd
 import pytest
 from fastapi.testclient import TestClient
+from support import isolated_workdir, served_on_localhost
 from typer.testing import CliRunner
 
 from gamesense.cli import app as cli
@@ -37,9 +36,7 @@ def invoke(*args: str):
 def env(tmp_path_factory):
     """A work dir with its own MLflow store, an evaluation file and an unlabeled batch."""
     root = tmp_path_factory.mktemp("engagement")
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("GAMESENSE_WORKDIR", str(root / "work"))
-        mp.delenv("MLFLOW_TRACKING_URI", raising=False)
+    with isolated_workdir(root):
         full = pd.read_csv(DATA)
         eval_df = full.sample(2000, random_state=7)
         eval_df.to_csv(root / "eval.csv", index=False)
@@ -158,25 +155,11 @@ def test_api_predicts_rejects_bad_input_and_hot_reloads_after_promotion(env):
 
 def test_api_through_uvicorn_on_localhost(env):
     import httpx
-    import uvicorn
 
     from gamesense.serving.app import create_app
 
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    server = uvicorn.Server(uvicorn.Config(create_app(), host="127.0.0.1", port=port, log_level="warning"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    try:
-        deadline = time.time() + 20
-        while not server.started and time.time() < deadline:
-            time.sleep(0.05)
-        with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=10) as client:
-            assert client.get("/healthz").json()["status"] == "ok"
-            r = client.post("/v1/engagement/predict", json={"players": [PLAYER]})
-            assert r.status_code == 200 and r.json()["predictions"][0]["engagement_level"] in ("High", "Medium", "Low")
-            assert client.post("/v1/engagement/predict", json={"players": [{**PLAYER, "Age": "old"}]}).status_code == 422
-    finally:
-        server.should_exit = True
-        thread.join(timeout=10)
+    with served_on_localhost(create_app(), start_timeout_s=20) as url, httpx.Client(base_url=url, timeout=10) as client:
+        assert client.get("/healthz").json()["status"] == "ok"
+        r = client.post("/v1/engagement/predict", json={"players": [PLAYER]})
+        assert r.status_code == 200 and r.json()["predictions"][0]["engagement_level"] in ("High", "Medium", "Low")
+        assert client.post("/v1/engagement/predict", json={"players": [{**PLAYER, "Age": "old"}]}).status_code == 422
