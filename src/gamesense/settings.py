@@ -38,3 +38,13 @@ def data_path(path: str | Path) -> Path:
     if WORKDIR_PLACEHOLDER in text:
         text = text.replace(WORKDIR_PLACEHOLDER, str(work_dir()))
     return resolve_data_path(text)
+
+
+def same_file(a: str | Path, b: str | Path) -> bool:
+    """True when ``a`` and ``b`` name one file (also through links), e.g. an ``--output`` that would overwrite its
+    input; False when ``a`` does not exist yet and names another path."""
+    a, b = Path(a), Path(b)
+    try:
+        return a.resolve() == b.resolve() or (a.exists() and b.exists() and a.samefile(b))
+    except OSError:
+        return False

@@ -169,10 +169,11 @@ def simulate_drift_cmd(
 ) -> None:
     """Write a perturbed copy (shorter/fewer sessions, older players, harder games) to see the loop fire."""
     from gamesense.monitoring.drift import simulate_drift
+    from gamesense.settings import same_file
     from gamesense.tasks.engagement import SchemaError, read_table, validate_frame, write_table
 
     try:
-        if output.resolve() == input.resolve():
+        if same_file(output, input):
             raise SchemaError(f"--output {output} is the input file: choose another path")
         checked = validate_frame(read_table(input))
         if checked.valid.empty:

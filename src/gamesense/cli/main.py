@@ -243,6 +243,7 @@ def generate(
     from pathlib import Path
 
     from gamesense.evaluation.generation import generate_batch
+    from gamesense.settings import same_file
 
     # check the arguments before loading anything: a mistake must not cost a model load
     if (text is None) == (file is None):
@@ -251,7 +252,7 @@ def generate(
         fail("TEXT is empty: give the input to predict for")
     if output is not None and file is None:
         fail("--output needs --file")
-    if output is not None and Path(output).resolve() == Path(file).resolve():
+    if output is not None and same_file(output, file):
         fail(f"--output {output} is the input file: choose another path")
     inputs = [(1, text)] if file is None else _read_input_lines(file)
 

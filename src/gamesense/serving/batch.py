@@ -12,7 +12,7 @@ from typing import Any
 
 import pandas as pd
 
-from gamesense.settings import work_dir
+from gamesense.settings import same_file, work_dir
 from gamesense.tasks import engagement as task
 
 
@@ -27,14 +27,6 @@ def latest_scored_batch() -> Path | None:
     """Newest kept scored batch, or None."""
     files = sorted(scored_dir().glob("*.parquet"))
     return files[-1] if files else None
-
-
-def _same_file(a: Path, b: Path) -> bool:
-    """True when ``a`` and ``b`` name one file (also through links); False when ``a`` does not exist yet."""
-    try:
-        return a.resolve() == b.resolve() or (a.exists() and b.exists() and a.samefile(b))
-    except OSError:
-        return False
 
 
 def predict_batch(
@@ -64,7 +56,7 @@ def predict_batch(
     if output_path.suffix.lower() not in (".csv", ".parquet", ".pq"):
         raise task.SchemaError(f"{output_path}: unsupported format (use .csv or .parquet)")
     for name, path in (("--output", output_path), ("--rejects", rejects_path)):
-        if path is not None and _same_file(Path(path), input_path):
+        if path is not None and same_file(path, input_path):
             raise task.SchemaError(f"{name} {path} is the input file: choose another path (the input would be overwritten)")
     raw = task.read_table(input_path)
     result = task.validate_frame(raw, require_target=False)
