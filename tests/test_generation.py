@@ -63,3 +63,18 @@ def test_long_stop_strings_cut_the_text(chatty_model):
     cut = generate_batch(model, tokenizer, PROMPTS[:1], max_new_tokens=10, stop_strings=[stop], progress=False)
     assert len(stop) == 2 and cut.texts[0] == free.texts[0].split(stop)[0]
     assert cut.generated_tokens < free.generated_tokens
+
+
+def test_repetition_penalty_matches_transformers_and_changes_the_output(chatty_model):
+    model, tokenizer = chatty_model
+    plain = generate_batch(model, tokenizer, PROMPTS, max_new_tokens=16, batch_size=4, progress=False)
+    penalized = generate_batch(model, tokenizer, PROMPTS, max_new_tokens=16, batch_size=4, progress=False,
+                               repetition_penalty=1.5)  # fmt: skip
+    for prompt, text in zip(PROMPTS, penalized.texts):
+        ids = tokenizer.apply_chat_template(prompt, tokenize=True, add_generation_prompt=True, return_dict=True,
+                                            return_tensors="pt")  # fmt: skip
+        with torch.inference_mode():
+            out = model.generate(**ids, max_new_tokens=16, do_sample=False, repetition_penalty=1.5,
+                                 eos_token_id=[tokenizer.eos_token_id], pad_token_id=tokenizer.pad_token_id)  # fmt: skip
+        assert text == tokenizer.decode(out[0, ids["input_ids"].shape[1]:], skip_special_tokens=True)
+    assert penalized.texts != plain.texts

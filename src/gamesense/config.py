@@ -256,6 +256,8 @@ class GenerationSection(StrictModel):
 
     max_new_tokens: int = Field(ge=1, description="cap on generated tokens per example")
     batch_size: int = Field(ge=1, description="prompts decoded together")
+    repetition_penalty: float = Field(1.0, ge=1.0, description="CTRL repetition penalty on tokens already in the "
+                                      "prompt or answer (1.0: off); for long free-text answers")  # fmt: skip
 
 
 class RegistrySection(StrictModel):

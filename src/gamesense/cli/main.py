@@ -87,7 +87,8 @@ def _recipe_and_task(recipe: str | None, overrides: list[str] | None, model: str
 
 
 def _task_of_registered(model: str) -> str | None:
-    """``recipes/<task>.yaml`` for a registry reference whose version has a ``task`` tag, else None.
+    """``recipes/<task>.yaml`` (or with ``-`` for ``_``) for a registry reference whose version has a ``task`` tag,
+    else None.
 
     Exits with code 2 when the version names a task that has no recipe of that name (pass --recipe).
     """
@@ -104,10 +105,12 @@ def _task_of_registered(model: str) -> str | None:
         return None  # reported when the model is loaded
     if not task:
         return None
-    try:
-        return str(resolve_recipe_path(task))
-    except RecipeError:
-        fail(f"{model} is a {task!r} model and there is no recipes/{task}.yaml: pass --recipe")
+    for name in dict.fromkeys((task, task.replace("_", "-"))):  # recipes/guide-qa.yaml for task guide_qa
+        try:
+            return str(resolve_recipe_path(name))
+        except RecipeError:
+            pass
+    fail(f"{model} is a {task!r} model and there is no recipes/{task}.yaml: pass --recipe")
 
 
 def _load_model(model: str, config):
@@ -213,7 +216,8 @@ def evaluate(
     out_path = Path(output) if output else work_dir() / "predictions" / f"{slug}.jsonl"
     records = task.eval_records(report.examples) if "static" in task.evaluation else None
     result = evaluate_model(loaded, task, records, out_path.parent, config.generation.max_new_tokens,
-                            config.generation.batch_size, label=model)  # fmt: skip
+                            config.generation.batch_size, label=model,
+                            repetition_penalty=config.generation.repetition_penalty)  # fmt: skip
     if result.predictions_path is not None and result.predictions_path != out_path:
         result.predictions_path.replace(out_path)
     metrics = dict(result.metrics, skipped_rows=float(len(report.skipped)))
@@ -260,7 +264,8 @@ def generate(
     loaded = _load_model(model, config)
     result = generate_batch(loaded.model, loaded.tokenizer, [task.prompt(t) for _, t in inputs],
                             max_new_tokens=config.generation.max_new_tokens, batch_size=config.generation.batch_size,
-                            stop_strings=task.stop_strings, progress=file is not None)  # fmt: skip
+                            stop_strings=task.stop_strings, progress=file is not None,
+                            repetition_penalty=config.generation.repetition_penalty)  # fmt: skip
     answers = [task.parse_output(raw) for raw in result.texts]
     if file is None:
         typer.echo(answers[0])

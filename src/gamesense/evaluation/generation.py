@@ -81,8 +81,23 @@ def last_token_logits(model, cache=None, **inputs) -> torch.Tensor:
     return model.get_output_embeddings()(hidden[:, -1].contiguous())
 
 
+def penalize_repetition(logits: torch.Tensor, seen: torch.Tensor, penalty: float) -> torch.Tensor:
+    """CTRL's repetition penalty (Keskar et al. 2019, as in transformers' ``RepetitionPenaltyLogitsProcessor``):
+    the logit of every token already in the row (prompt or output) is divided by ``penalty`` when positive and
+    multiplied by it when negative.
+
+    Args:
+        logits: ``(batch, vocab)``.
+        seen: ``(batch, vocab)`` bool, True where the token occurred in the row.
+        penalty: >= 1.0; 1.0 changes nothing.
+    """
+    if penalty == 1.0:
+        return logits
+    return torch.where(seen, torch.where(logits > 0, logits / penalty, logits * penalty), logits)
+
+
 def _greedy_batch(model, rows: list[list[int]], pad_id: int, max_new_tokens: int, stop_ids: torch.Tensor,
-                  stops_in_text) -> list[list[int]]:  # fmt: skip
+                  stops_in_text, repetition_penalty: float = 1.0) -> list[list[int]]:  # fmt: skip
     """Greedy-decode one left-padded batch with a KV cache, dropping every row from the batch (and its cache)
     as soon as it stops, so no compute is spent on finished rows. Returns each row's new tokens, the stop
     token included."""
@@ -90,9 +105,19 @@ def _greedy_batch(model, rows: list[list[int]], pad_id: int, max_new_tokens: int
 
     device = next(model.parameters()).device
     input_ids, mask, positions = (t.to(device) for t in left_padded(rows, pad_id))
+    seen = None
+    if repetition_penalty != 1.0:
+        seen = torch.zeros((len(rows), model.get_output_embeddings().weight.shape[0]), dtype=torch.bool, device=device)
+        for i, ids in enumerate(rows):  # the prompt's tokens, not the padding
+            seen[i, torch.tensor(ids, device=device)] = True
 
     def next_tokens(**inputs) -> torch.Tensor:
-        return last_token_logits(model, cache, **inputs).argmax(-1)
+        logits = last_token_logits(model, cache, **inputs)
+        if seen is None:
+            return logits.argmax(-1)
+        chosen = penalize_repetition(logits.float(), seen, repetition_penalty).argmax(-1)
+        seen[torch.arange(len(chosen), device=device), chosen] = True
+        return chosen
 
     cache = DynamicCache()
     tokens = next_tokens(input_ids=input_ids, attention_mask=mask, position_ids=positions)
@@ -112,6 +137,8 @@ def _greedy_batch(model, rows: list[list[int]], pad_id: int, max_new_tokens: int
             for layer in cache.layers:
                 layer.batch_select_indices(keep)
             tokens, position, mask, alive = tokens[keep], position[keep], mask[keep], alive[keep.cpu()]
+            if seen is not None:
+                seen = seen[keep]
         position = position + 1
         mask = torch.cat([mask, mask.new_ones((len(alive), 1))], dim=-1)
         tokens = next_tokens(input_ids=tokens[:, None], attention_mask=mask, position_ids=position[:, None])
@@ -128,6 +155,7 @@ def generate_batch(
     stop_strings: Sequence[str] = (),
     progress: bool = True,
     desc: str = "generate",
+    repetition_penalty: float = 1.0,
 ) -> GenerationResult:
     """Greedy-decode chat prompts in batches.
 
@@ -138,6 +166,7 @@ def generate_batch(
         max_new_tokens: per-example cap on generated tokens.
         batch_size: prompts decoded together.
         stop_strings: decoding of a sequence stops at the first of these (and at EOS); the text is cut there.
+        repetition_penalty: CTRL's penalty on tokens already in the row (:func:`penalize_repetition`); 1.0: off.
 
     Returns:
         :class:`GenerationResult` with texts in the order of ``prompts``.
@@ -159,7 +188,8 @@ def generate_batch(
     bar = tqdm(total=len(prompts), desc=desc, unit="ex", disable=not progress)
     for start in range(0, len(order), batch_size):
         idx = order[start : start + batch_size]
-        outputs = _greedy_batch(model, [encoded[i] for i in idx], pad_id, max_new_tokens, stop_ids, stops_in_text)
+        outputs = _greedy_batch(model, [encoded[i] for i in idx], pad_id, max_new_tokens, stop_ids, stops_in_text,
+                                repetition_penalty)  # fmt: skip
         for i, tokens in zip(idx, outputs):
             generated += len(tokens)
             texts[i] = cut_at_stop(tokenizer.decode(tokens, skip_special_tokens=True), stop_strings)

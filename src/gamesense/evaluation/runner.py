@@ -39,6 +39,7 @@ def evaluate_static(
     batch_size: int,
     desc: str = "evaluate",
     progress: bool = True,
+    repetition_penalty: float = 1.0,
 ) -> EvalResult:
     """Greedy-decode every record's prompt, parse and score the outputs with the task's metrics, and write
     the predictions JSONL and the task's evaluation artifacts (next to it).
@@ -47,6 +48,7 @@ def evaluate_static(
         model: an :class:`~gamesense.models.refs.InferenceModel`.
         records: from :meth:`Task.eval_records`, all of them: no sampling.
         predictions_path: where to write the JSONL (parent directories are created).
+        repetition_penalty: see :func:`~gamesense.evaluation.generation.penalize_repetition` (1.0: off).
 
     Raises:
         ValueError: no records.
@@ -54,7 +56,8 @@ def evaluate_static(
     if not records:
         raise ValueError("no evaluation examples: check the evaluation file")
     result = generate_batch(model.model, model.tokenizer, [r["prompt"] for r in records], max_new_tokens=max_new_tokens,
-                            batch_size=batch_size, stop_strings=task.stop_strings, progress=progress, desc=desc)  # fmt: skip
+                            batch_size=batch_size, stop_strings=task.stop_strings, progress=progress, desc=desc,
+                            repetition_penalty=repetition_penalty)  # fmt: skip
     predictions = [task.parse_output(text) for text in result.texts]
     metrics = task.compute_metrics(predictions, records)
     metrics["gen_tokens_per_s"] = result.tokens_per_s
@@ -79,6 +82,7 @@ def evaluate_model(
     batch_size: int,
     label: str = "model",
     progress: bool = True,
+    repetition_penalty: float = 1.0,
 ) -> EvalResult:
     """Every evaluation the task declares, merged: static on ``records`` (skipped when None), rollout with
     the model as a :class:`ModelPolicy`. Predictions go to ``<out_dir>/predictions.jsonl``.
@@ -90,7 +94,7 @@ def evaluate_model(
     result = EvalResult(metrics={})
     if "static" in task.evaluation and records is not None:
         result = evaluate_static(model, task, records, out / "predictions.jsonl", max_new_tokens, batch_size,
-                                 desc=f"evaluate {label}", progress=progress)  # fmt: skip
+                                 desc=f"evaluate {label}", progress=progress, repetition_penalty=repetition_penalty)  # fmt: skip
     elif "static" in task.evaluation and "rollout" not in task.evaluation:
         raise ValueError(f"task {task.name!r} is evaluated on records: pass an evaluation file")
     if "rollout" in task.evaluation:

@@ -211,7 +211,8 @@ def evaluate_on_data(recipe: LLMRecipe, task: Task, model_ref: str, data: Prepar
     use_free_cores(recipe)
     model = load_for_inference(model_ref, dtype=recipe.model.dtype)
     result = evaluate_model(model, task, data.eval.get("static"), out_dir, recipe.generation.max_new_tokens,
-                            recipe.generation.batch_size, label=label)  # fmt: skip
+                            recipe.generation.batch_size, label=label,
+                            repetition_penalty=recipe.generation.repetition_penalty)  # fmt: skip
     del model
     release_memory()
     return result
