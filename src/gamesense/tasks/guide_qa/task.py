@@ -210,16 +210,18 @@ class GuideQATask(Task):
         Returns:
             per row: True (CORRECT), False (INCORRECT) or None (no verdict: unparseable reply or a failed call).
         """
-        from gamesense.teacher import Teacher
+        from gamesense.teacher import Request, Teacher
 
         opts = self.options
-        judge = Teacher(opts.judge_url, opts.judge_model, api_key=os.environ.get(opts.judge_api_key_env),
-                        concurrency=opts.judge_concurrency)  # fmt: skip
-        requests = [[{"role": "system", "content": JUDGE_SYSTEM},
-                     {"role": "user", "content": JUDGE_TEMPLATE.format(chunk=r.get("chunk") or "(not available)",
-                      question=r["question"], reference=r["reference"], candidate=p or "(no answer)")}]
+        requests = [Request([{"role": "system", "content": JUDGE_SYSTEM},
+                             {"role": "user", "content": JUDGE_TEMPLATE.format(
+                                 chunk=r.get("chunk") or "(not available)", question=r["question"],
+                                 reference=r["reference"], candidate=p or "(no answer)")}],
+                            temperature=0.0, max_tokens=16)  # room for "The answer is CORRECT"
                     for p, r in zip(predictions, records)]  # fmt: skip
-        replies = judge.complete_many(requests, temperature=0.0, max_tokens=4, desc="judge")
+        with Teacher(opts.judge_url, opts.judge_model, api_key=os.environ.get(opts.judge_api_key_env),
+                     concurrency=opts.judge_concurrency) as judge:  # fmt: skip
+            replies = judge.complete_many(requests, progress="judge")
         return [parse_verdict(reply.text) if reply.ok else None for reply in replies]
 
 
