@@ -1,0 +1,1 @@
+"""Game guides -> self-instruct question-answer data (placeholder; the package docstring and Task come at merge)."""
