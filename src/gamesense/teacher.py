@@ -248,7 +248,7 @@ class Teacher:
             desc = progress if isinstance(progress, str) else f"teacher {self.model}"
             bar = tqdm(total=len(requests), initial=len(requests) - len(todo), desc=desc, disable=not progress,
                        unit="call", dynamic_ncols=True)  # fmt: skip
-            failed_in_row, any_success, last_error = 0, False, ""
+            failed_in_row, any_success, given_up, last_error = 0, False, False, ""
             with ThreadPoolExecutor(max_workers=self.concurrency) as pool:
                 futures = {pool.submit(self._call, requests[i]): i for i in todo}
                 for future in as_completed(futures):
@@ -262,9 +262,10 @@ class Teacher:
                     else:
                         failed_in_row += 1
                         last_error = result.error
-                    if not any_success and failed_in_row >= self.max_consecutive_failures:
+                    if not any_success and not given_up and failed_in_row >= self.max_consecutive_failures:
+                        given_up = True
                         for other in futures:
-                            if other.cancel():
+                            if not other.done() and other.cancel():
                                 results[futures[other]] = Result(text=None, error=f"Skipped: the teacher failed "
                                                                  f"{failed_in_row} times in a row ({last_error})")  # fmt: skip
                                 self.stats.add(skipped=1)
