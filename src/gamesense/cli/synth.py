@@ -18,6 +18,11 @@ def build(host: CommandHost) -> typer.Typer:
 
     app = typer.Typer(help="Build training data with a teacher model (any OpenAI-compatible server), e.g. question-"
                       "answer pairs from game guides.", no_args_is_help=True)  # fmt: skip
+
+    @app.callback()
+    def _group() -> None:  # a group even with one command: `gamesense synth qa`, not `gamesense synth`
+        pass
+
     owners: dict[str, str] = {}
     for name in known_tasks():
         for command, function in (get_task_class(name).synth_commands(host) or {}).items():

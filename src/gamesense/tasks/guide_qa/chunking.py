@@ -107,7 +107,7 @@ def _split(text: str, sizes: ChunkSizes, rng: random.Random) -> list[tuple[int, 
                 break
             target = remaining // 2
         goal = pos + target
-        lo = pos + max(1, int(target * (1 - WINDOW)))
+        lo = pos + max(int(target * (1 - WINDOW)), min(sizes.min_chars, target))
         hi = pos + min(int(target * (1 + WINDOW)), sizes.max_chars)
         cut = None
         for tier in tiers[:2]:

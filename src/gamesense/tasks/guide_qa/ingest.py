@@ -364,7 +364,7 @@ def _parse_rst(lines: list[str]) -> list[_RawSection]:
             end = body_end(i + 1, indent)
             body = [ln for ln in lines[i + 1 : end] if not re.match(r"^\s*:[\w -]+:", ln)]  # options left out
             if name in _RST_ADMONITIONS:
-                prose = _unwrap([args, *body]) if args else _unwrap(body)
+                prose = _unwrap([ln.strip() for ln in ([args] if args else []) + body])  # one paragraph
                 label = name.capitalize() if name != "seealso" else "See also"
                 sections[-1].paragraphs.append(f"{label}: {_rst_inline(prose)}")
             elif name and name not in _RST_DROP:  # code-block and the like: the body is text worth keeping
