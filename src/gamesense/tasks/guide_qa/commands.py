@@ -37,8 +37,9 @@ def summary_table(summary: dict[str, Any]):
 def synth_qa(
     guides: list[Path] = typer.Option(..., "--guides", "-g", help="guide file or folder (searched recursively for "
                                       ".md .markdown .rst .txt; LICENSE/README skipped); repeatable"),  # fmt: skip
-    out: Path = typer.Option(..., "--out", "-o", help="JSONL of kept pairs; <name>.rejected.jsonl and "
-                             "<name>.summary.json are written next to it"),  # fmt: skip
+    out: Optional[Path] = typer.Option(None, "--out", "-o", help="JSONL of kept pairs (default: <workdir>/qa.jsonl, "
+                                       "the guide-qa recipe's train_file); <name>.rejected.jsonl and "
+                                       "<name>.summary.json are written next to it"),  # fmt: skip
     teacher_url: str = typer.Option(DEFAULT_TEACHER_URL, help="OpenAI-compatible API root (OpenAI, vLLM, llama.cpp, "
                                     "Ollama, `gamesense serve llm`); the key comes from OPENAI_API_KEY"),  # fmt: skip
     teacher_model: str = typer.Option(DEFAULT_TEACHER_MODEL, help="model name the teacher server knows"),
@@ -70,7 +71,10 @@ def synth_qa(
 
     from gamesense.tasks.guide_qa.chunking import ChunkSizes
     from gamesense.tasks.guide_qa.synth import SynthOptions, synthesize
+    from gamesense.settings import work_dir
     from gamesense.teacher import Teacher, TeacherError
+
+    out = out or work_dir() / "qa.jsonl"
 
     sizes = ChunkSizes(chunk_mean, chunk_sd, chunk_min, chunk_max)  # ValueError -> one line from the CLI
     options = SynthOptions(pairs_per_chunk=pairs_per_chunk, seed=seed, sizes=sizes, max_chunks=max_chunks,
