@@ -12,6 +12,7 @@ from typing import Optional
 import typer
 
 from gamesense.cli import engagement as engagement_cli
+from gamesense.cli import synth as synth_cli
 from gamesense.cli.common import fail, install_error_boundary, load_recipe_or_exit, set_debug, show_progress_logs
 
 app = typer.Typer(
@@ -485,4 +486,5 @@ def recipe_show(
 
 
 _mount_task_commands()
+app.add_typer(synth_cli.build(_TaskCommandHost()), name="synth")  # gamesense synth <name>: tasks' data builders
 install_error_boundary(app)  # every command: known errors -> one line, exit 2 (docs/operations.md)

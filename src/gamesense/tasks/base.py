@@ -154,6 +154,12 @@ class Task(ABC):
         (the default) for none."""
         return None
 
+    @classmethod
+    def synth_commands(cls, host: CommandHost) -> dict[str, Callable[..., Any]] | None:
+        """Commands that build the task's training data with a teacher model, mounted as ``gamesense synth
+        <name>``: command name -> a Typer command function (e.g. ``{"qa": synth_qa}``), or None (the default)."""
+        return None
+
     # --- data -------------------------------------------------------------------------------------------
 
     @abstractmethod

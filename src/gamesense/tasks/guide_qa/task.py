@@ -163,6 +163,13 @@ class GuideQATask(Task):
 
     options: GuideQAOptions
 
+    @classmethod
+    def synth_commands(cls, host) -> dict:
+        """``gamesense synth qa``: Q&A pairs from game guides through a teacher model."""
+        from gamesense.tasks.guide_qa.commands import synth_qa
+
+        return {"qa": synth_qa}
+
     def load(self, path: str | Path, max_rows: int | None = None) -> LoadReport:
         return load_pairs(path, max_rows)
 
