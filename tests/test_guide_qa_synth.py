@@ -391,25 +391,9 @@ def test_synth_stops_when_the_teacher_never_answers(tmp_path):
         run_synth("http://127.0.0.1:9", guide, guide, tmp_path / "cache")
 
 
-def test_synth_command_is_mounted_from_the_task_hook(tmp_path, monkeypatch):
+def test_synth_command_is_mounted_from_the_task_hook(tmp_path):
     from gamesense.cli.synth import build
-    from gamesense.tasks import _REGISTERED
-    from gamesense.tasks.base import Task
-    from gamesense.tasks.guide_qa.commands import synth_qa
 
-    class GuideQA(Task):
-        name = "test-guide-qa"
-        gate_metric = "score"
-
-        def load(self, path, max_rows=None): ...
-        def prompt(self, text): ...
-        def sft_records(self, examples): ...
-
-        @classmethod
-        def synth_commands(cls, host):
-            return {"qa": synth_qa}
-
-    monkeypatch.setitem(_REGISTERED, GuideQA.name, GuideQA)
     guide = tmp_path / "glimmerdeep.md"
     guide.write_text(GUIDE)
     out = tmp_path / "qa.jsonl"
