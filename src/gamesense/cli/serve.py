@@ -22,7 +22,7 @@ def llm(
     host: str = typer.Option("127.0.0.1", help="interface to bind"),
     port: int = typer.Option(8000, help="TCP port"),
     base: str = typer.Option(BUILTIN_BASE, "--base", help="base model id or path (every adapter must be trained on it)"),
-    model: Optional[list[str]] = typer.Option(None, "--model", "-m", help="registry model to serve, e.g. gamesense-viggo "
+    model: Optional[list[str]] = typer.Option(None, "--model", "-m", help="registry model to serve, e.g. gamesense-TASK "
                                               "(repeatable; default: every registered model whose versions carry a task "
                                               "tag and this base)"),  # fmt: skip
     max_batch: int = typer.Option(16, min=1, help="most requests decoded together"),
