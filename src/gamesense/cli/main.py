@@ -12,6 +12,7 @@ from typing import Optional
 import typer
 
 from gamesense.cli import engagement as engagement_cli
+from gamesense.cli import serve as serve_cli
 from gamesense.cli import synth as synth_cli
 from gamesense.cli.common import fail, install_error_boundary, load_recipe_or_exit, set_debug, show_progress_logs
 
@@ -26,7 +27,7 @@ recipe_app = typer.Typer(help="Inspect recipes (recipes/*.yaml): every key, its 
 app.add_typer(models_app, name="models")
 app.add_typer(recipe_app, name="recipe")
 app.add_typer(engagement_cli.app, name="engagement")
-app.command("serve")(engagement_cli.serve)
+app.add_typer(serve_cli.app, name="serve")  # serve llm | serve engagement
 
 
 @app.callback()

@@ -1,0 +1,419 @@
+"""OpenAI-compatible HTTP API over :class:`~gamesense.serving.llm_engine.LLMEngine`: the base model and every
+served registry adapter behind one endpoint that the ``openai`` SDK, LangChain or a game server can call.
+
+Endpoints: ``GET /v1/models``, ``POST /v1/chat/completions`` (``stream: true`` as server-sent events),
+``POST /v1/completions``, ``GET /healthz``, ``GET /metrics`` (Prometheus).
+
+Wire format: OpenAI's (https://platform.openai.com/docs/api-reference/chat). Errors are OpenAI's error object,
+``{"error": {"message", "type", "param", "code"}}``: 404 ``model_not_found`` for an unknown model, 400 for a
+request this server cannot serve (``n`` > 1, a prompt that fills the context, an adapter of another base),
+422 for a body that breaks the schema (``param`` is the field path), 500 when generation fails.
+Extra body fields: ``repetition_penalty`` (1: none) and ``ignore_eos`` (vLLM's names); other unknown fields
+(``frequency_penalty``, ``user``, ...) are accepted and ignored (logged once per name).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+import uuid
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, Response, StreamingResponse
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from pydantic import BaseModel, ConfigDict, Field
+from starlette.concurrency import run_in_threadpool
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from gamesense.serving.llm_engine import (Completion, EngineObserver, GenerationRequest, LLMEngine, ModelNotFound,
+                                          ModelResolver, RequestError, SamplingParams, StreamEvent)  # fmt: skip
+
+log = logging.getLogger(__name__)
+
+#: most stop strings per request
+MAX_STOP = 16
+
+
+# --- request schema (OpenAI's, the fields this server uses) -------------------------------------------------------
+
+
+class TextPart(BaseModel):
+    """One part of a message's content list (only text parts are supported)."""
+
+    type: Literal["text"]
+    text: str
+
+
+class ChatMessage(BaseModel):
+    """A chat message; ``content`` is a string or a list of text parts (joined). ``developer`` counts as
+    ``system``."""
+
+    model_config = ConfigDict(extra="allow")
+    role: Literal["system", "developer", "user", "assistant"]
+    content: str | list[TextPart] | None = None
+
+    def for_template(self) -> dict[str, str]:
+        content = self.content if isinstance(self.content, str) else "".join(p.text for p in self.content or [])
+        return {"role": "system" if self.role == "developer" else self.role, "content": content}
+
+
+class StreamOptions(BaseModel):
+    include_usage: bool = False
+
+
+StopField = Annotated[str | list[str] | None, Field(None, description=f"up to {MAX_STOP} stop strings")]
+
+
+class _GenerationBody(BaseModel):
+    """Fields shared by chat and text completions."""
+
+    model_config = ConfigDict(extra="allow")
+    model: str = Field(..., min_length=1, description="base, or a registry model: NAME, NAME@ALIAS, NAME/VERSION")
+    max_tokens: int | None = Field(None, ge=1)
+    temperature: float = Field(1.0, ge=0, le=2)
+    top_p: float = Field(1.0, gt=0, le=1)
+    n: int = Field(1, ge=1)
+    stop: StopField = None
+    seed: int | None = None
+    stream: bool = False
+    stream_options: StreamOptions | None = None
+    logprobs: bool | int | None = None
+    repetition_penalty: float = Field(1.0, gt=0, description="divides the logits of tokens already seen (1: none)")
+    ignore_eos: bool = Field(False, description="decode past EOS until max_tokens (benchmarks)")
+
+    def stops(self) -> tuple[str, ...]:
+        stops = [self.stop] if isinstance(self.stop, str) else list(self.stop or [])
+        if len(stops) > MAX_STOP:
+            raise RequestError(f"at most {MAX_STOP} stop strings, got {len(stops)}", param="stop")
+        return tuple(s for s in stops if s)
+
+
+class ChatCompletionRequest(_GenerationBody):
+    messages: list[ChatMessage] = Field(..., min_length=1)
+    max_completion_tokens: int | None = Field(None, ge=1)
+
+
+class CompletionRequest(_GenerationBody):
+    prompt: str | list[str]
+    max_tokens: int | None = Field(16, ge=1)  # OpenAI's default for /v1/completions
+    echo: bool = False
+
+
+# --- errors ------------------------------------------------------------------------------------------------
+
+
+class APIError(Exception):
+    """An answer in OpenAI's error format."""
+
+    def __init__(self, status: int, message: str, type_: str = "invalid_request_error", param: str | None = None,
+                 code: str | None = None):  # fmt: skip
+        super().__init__(message)
+        self.status, self.message, self.type, self.param, self.code = status, message, type_, param, code
+
+    def response(self) -> JSONResponse:
+        return JSONResponse(error_body(self.message, self.type, self.param, self.code), status_code=self.status)
+
+
+def error_body(message: str, type_: str = "invalid_request_error", param: str | None = None,
+               code: str | None = None) -> dict[str, Any]:  # fmt: skip
+    """OpenAI's error object."""
+    return {"error": {"message": message, "type": type_, "param": param, "code": code}}
+
+
+def _field_path(loc: Sequence[Any]) -> str:
+    parts = [str(p) for p in loc if p != "body"]
+    return ".".join(parts) or "body"
+
+
+# --- metrics -----------------------------------------------------------------------------------------------
+
+
+class _Metrics(EngineObserver):
+    """Prometheus metrics of one app (its own registry, so several apps can live in one process)."""
+
+    def __init__(self):
+        self.registry = CollectorRegistry()
+        r = self.registry
+        self.requests = Counter("gamesense_llm_requests_total", "requests by model and HTTP status",
+                                ["endpoint", "model", "status"], registry=r)  # fmt: skip
+        self.latency = Histogram("gamesense_llm_request_latency_seconds", "request to last token", ["endpoint"],
+                                 buckets=(0.05, 0.1, 0.25, 0.5, 1, 2, 4, 8, 16, 32, 64, 128), registry=r)  # fmt: skip
+        self.ttft = Histogram("gamesense_llm_time_to_first_token_seconds", "request to first token", ["endpoint"],
+                              buckets=(0.01, 0.025, 0.05, 0.1, 0.2, 0.3, 0.5, 1, 2, 5, 10), registry=r)  # fmt: skip
+        self.prompt_tokens = Counter("gamesense_llm_prompt_tokens_total", "prompt tokens", ["model"], registry=r)
+        self.generated = Counter("gamesense_llm_generated_tokens_total", "tokens generated", ["model"], registry=r)
+        self.batch_rows = Histogram("gamesense_llm_batch_size", "rows per decode step", registry=r,
+                                    buckets=(1, 2, 4, 8, 16, 32, 64))  # fmt: skip
+        self.batch_adapters = Histogram("gamesense_llm_batch_adapters", "distinct adapters (base counts) per decode step",
+                                        registry=r, buckets=(1, 2, 3, 4, 8, 16))  # fmt: skip
+        self.loaded = Gauge("gamesense_llm_loaded_adapters", "LoRA adapters in memory", registry=r)
+        self.adapter_events = Counter("gamesense_llm_adapter_events_total", "adapter loads and evictions", ["event"],
+                                      registry=r)  # fmt: skip
+        self.queue = Gauge("gamesense_llm_queue_length", "requests waiting to join a batch", registry=r)
+
+    def step(self, rows: int, adapters: int) -> None:
+        self.batch_rows.observe(rows)
+        self.batch_adapters.observe(adapters)
+
+    def adapters_changed(self, loaded: int, event: str, key: str) -> None:
+        self.loaded.set(loaded)
+        self.adapter_events.labels(event).inc()
+
+    def tokens(self, model: str, prompt: int, completion: int) -> None:
+        self.prompt_tokens.labels(model).inc(prompt)
+        self.generated.labels(model).inc(completion)
+
+
+# --- the app -----------------------------------------------------------------------------------------------
+
+
+def create_app(
+    base: str = "HuggingFaceTB/SmolLM2-135M-Instruct",
+    models: Sequence[str] | None = None,
+    dtype: str = "auto",
+    max_batch: int = 16,
+    max_adapters: int = 8,
+    batch_wait_ms: float = 5.0,
+    alias_ttl_s: float = 5.0,
+    mixed_batches: bool = True,
+    default_max_tokens: int = 512,
+    tracking_uri: str | None = None,
+    cache_dir: str | Path | None = None,
+) -> FastAPI:
+    """Build the OpenAI-compatible app; the base model is loaded here, the scheduler starts with the app.
+
+    Args:
+        base: base model id or path.
+        models: registry models to serve (None: every registered model whose versions carry a ``task`` tag and
+            this base, see :class:`~gamesense.serving.llm_engine.ModelResolver`).
+        dtype, max_batch, max_adapters, batch_wait_ms, mixed_batches, default_max_tokens: see
+            :class:`~gamesense.serving.llm_engine.LLMEngine`.
+        alias_ttl_s: seconds an alias -> version answer is reused (an alias move is served after at most this).
+        tracking_uri: MLflow tracking URI (default: the working directory's SQLite store).
+        cache_dir: where adapter versions are downloaded (default ``<workdir>/llm-serving/adapters``).
+
+    Raises:
+        OSError: the base model cannot be loaded.
+    """
+    from gamesense.registry.mlflow_store import setup_tracking
+    from gamesense.settings import work_dir
+
+    setup_tracking(tracking_uri)
+    metrics = _Metrics()
+    engine = LLMEngine(base, dtype=dtype, max_batch=max_batch, max_adapters=max_adapters, batch_wait_ms=batch_wait_ms,
+                       mixed_batches=mixed_batches, default_max_tokens=default_max_tokens, observer=metrics)  # fmt: skip
+    resolver = ModelResolver(base, models, alias_ttl_s, Path(cache_dir) if cache_dir else work_dir() / "llm-serving" / "adapters")
+    metrics.queue.set_function(engine.queue_length)
+    started_at = int(time.time())
+    ignored_fields: set[str] = set()
+
+    @asynccontextmanager
+    async def lifespan(_app: FastAPI):
+        engine.start()
+        try:
+            await run_in_threadpool(resolver.served, True)  # list the registry once before the first request
+        except Exception as err:  # an unreachable registry must not stop the base model from serving
+            log.warning("cannot list the registry: %s", err)
+        yield
+        engine.stop()
+
+    app = FastAPI(title="GameSense LLM API (OpenAI-compatible)", version="1.0", lifespan=lifespan,
+                  description="The base model and the registry's LoRA adapters behind OpenAI's chat and completions API.")  # fmt: skip
+    app.state.engine, app.state.resolver, app.state.metrics = engine, resolver, metrics
+
+    @app.exception_handler(APIError)
+    async def _api_error(request: Request, exc: APIError):
+        return exc.response()
+
+    @app.exception_handler(RequestValidationError)
+    async def _invalid(request: Request, exc: RequestValidationError):
+        errors = exc.errors()
+        first = errors[0] if errors else {}
+        if first.get("type") == "json_invalid":
+            metrics.requests.labels(request.url.path, "unknown", "400").inc()
+            return APIError(400, "the request body is not valid JSON", param="body").response()
+        metrics.requests.labels(request.url.path, "unknown", "422").inc()
+        path = _field_path(first.get("loc", ()))
+        more = f" (and {len(errors) - 1} more errors)" if len(errors) > 1 else ""
+        return APIError(422, f"{path}: {first.get('msg', 'invalid')}{more}", param=path).response()
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http_error(request: Request, exc: StarletteHTTPException):
+        code = "not_found" if exc.status_code == 404 else None
+        return APIError(exc.status_code, str(exc.detail), param=None, code=code).response()
+
+    def log_ignored(body: BaseModel) -> None:
+        for name in (body.model_extra or {}):
+            if name not in ignored_fields:
+                ignored_fields.add(name)
+                log.info("request field %r is accepted and ignored", name)
+
+    async def prepare(body: _GenerationBody, endpoint: str):
+        """Checks that need no model, then the model name -> adapter (registry look-ups in a worker thread)."""
+        log_ignored(body)
+        if body.n != 1:
+            raise APIError(400, "n > 1 is not supported: send one request per completion", param="n", code="unsupported_value")
+        if body.logprobs:
+            raise APIError(400, "logprobs are not supported", param="logprobs", code="unsupported_value")
+        try:
+            stops = body.stops()
+            adapter = await run_in_threadpool(resolver.resolve, body.model)
+        except ModelNotFound as err:
+            metrics.requests.labels(endpoint, "unknown", "404").inc()
+            raise APIError(404, str(err), param="model", code="model_not_found") from None
+        except RequestError as err:
+            metrics.requests.labels(endpoint, "unknown", "400").inc()
+            raise APIError(400, str(err), param=err.param, code=err.code) from None
+        return adapter, stops
+
+    def sampling(body: _GenerationBody, max_tokens: int | None, stops: tuple[str, ...]) -> SamplingParams:
+        return SamplingParams(max_tokens=max_tokens or engine.default_max_tokens, temperature=body.temperature,
+                              top_p=body.top_p, seed=body.seed, repetition_penalty=body.repetition_penalty,
+                              stop=stops, ignore_eos=body.ignore_eos)  # fmt: skip
+
+    async def generate(endpoint: str, body: _GenerationBody, prompt_ids: list[int], adapter, params: SamplingParams,
+                       chat: bool):  # fmt: skip
+        loop = asyncio.get_running_loop()
+        events: asyncio.Queue[StreamEvent] = asyncio.Queue()
+        started = time.perf_counter()
+        model_label = adapter.model if adapter else "base"
+        request = GenerationRequest(prompt_ids, params, lambda ev: loop.call_soon_threadsafe(events.put_nowait, ev), adapter)
+        try:
+            engine.submit(request)
+        except RequestError as err:
+            metrics.requests.labels(endpoint, model_label, "400").inc()
+            raise APIError(400, str(err), param=err.param, code=err.code) from None
+        ident = f"{'chatcmpl' if chat else 'cmpl'}-{uuid.uuid4().hex[:24]}"
+        created = int(time.time())
+
+        def finished(done: Completion) -> None:
+            metrics.latency.labels(endpoint).observe(time.perf_counter() - started)
+            metrics.ttft.labels(endpoint).observe(done.first_token_s)
+            metrics.requests.labels(endpoint, model_label, "200").inc()
+
+        def usage(done: Completion) -> dict[str, int]:
+            return {"prompt_tokens": done.prompt_tokens, "completion_tokens": done.completion_tokens,
+                    "total_tokens": done.prompt_tokens + done.completion_tokens}  # fmt: skip
+
+        if not body.stream:
+            pieces = []
+            try:
+                while True:
+                    event = await events.get()
+                    if event.error:
+                        metrics.requests.labels(endpoint, model_label, "500").inc()
+                        raise APIError(500, event.error, type_="server_error")
+                    pieces.append(event.text)
+                    if event.done:
+                        break
+            finally:
+                request.cancelled = True  # no-op once done; stops decoding for a client that went away
+            done = event.done
+            finished(done)
+            if chat:
+                choice = {"index": 0, "message": {"role": "assistant", "content": done.text}, "logprobs": None,
+                          "finish_reason": done.finish_reason}  # fmt: skip
+            else:
+                choice = {"index": 0, "text": done.text, "logprobs": None, "finish_reason": done.finish_reason}
+            return {"id": ident, "object": "chat.completion" if chat else "text_completion", "created": created,
+                    "model": body.model, "system_fingerprint": None, "choices": [choice], "usage": usage(done)}  # fmt: skip
+
+        include_usage = bool(body.stream_options and body.stream_options.include_usage)
+        kind = "chat.completion.chunk" if chat else "text_completion"
+
+        def chunk(delta: dict | str | None, finish: str | None = None) -> str:
+            if chat:
+                choices = [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}]
+            else:
+                choices = [{"index": 0, "text": delta, "logprobs": None, "finish_reason": finish}]
+            data = {"id": ident, "object": kind, "created": created, "model": body.model, "system_fingerprint": None,
+                    "choices": choices}  # fmt: skip
+            if include_usage:
+                data["usage"] = None
+            return f"data: {json.dumps(data, ensure_ascii=False)}\n\n"
+
+        async def stream() -> AsyncIterator[str]:
+            try:
+                if chat:
+                    yield chunk({"role": "assistant", "content": ""})
+                while True:
+                    event = await events.get()
+                    if event.error:
+                        metrics.requests.labels(endpoint, model_label, "500").inc()
+                        yield f"data: {json.dumps(error_body(event.error, 'server_error'))}\n\n"
+                        break
+                    if event.text:
+                        yield chunk({"content": event.text} if chat else event.text)
+                    if event.done:
+                        finished(event.done)
+                        yield chunk({} if chat else "", event.done.finish_reason)
+                        if include_usage:
+                            data = {"id": ident, "object": kind, "created": created, "model": body.model,
+                                    "system_fingerprint": None, "choices": [], "usage": usage(event.done)}  # fmt: skip
+                            yield f"data: {json.dumps(data)}\n\n"
+                        break
+                yield "data: [DONE]\n\n"
+            finally:
+                request.cancelled = True  # the client went away: the row leaves the batch at the next step
+
+        return StreamingResponse(stream(), media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
+
+    @app.post("/v1/chat/completions")
+    async def chat_completions(body: ChatCompletionRequest):
+        """OpenAI chat completion: the chat template of the base model, the adapter ``model`` selects."""
+        adapter, stops = await prepare(body, "/v1/chat/completions")
+        messages = [m.for_template() for m in body.messages]
+        try:
+            prompt_ids = await run_in_threadpool(engine.encode_chat, messages)
+        except RequestError as err:
+            raise APIError(400, str(err), param=err.param, code=err.code) from None
+        params = sampling(body, body.max_completion_tokens or body.max_tokens, stops)
+        return await generate("/v1/chat/completions", body, prompt_ids, adapter, params, chat=True)
+
+    @app.post("/v1/completions")
+    async def completions(body: CompletionRequest):
+        """OpenAI (legacy) text completion of a raw ``prompt`` (a string, or a list holding one)."""
+        if isinstance(body.prompt, list) and len(body.prompt) != 1:
+            raise APIError(400, "prompt: give one prompt (a string or a list of one string)", param="prompt",
+                           code="unsupported_value")  # fmt: skip
+        if body.echo:
+            raise APIError(400, "echo is not supported", param="echo", code="unsupported_value")
+        adapter, stops = await prepare(body, "/v1/completions")
+        text = body.prompt if isinstance(body.prompt, str) else body.prompt[0]
+        prompt_ids = await run_in_threadpool(engine.encode_text, text)
+        return await generate("/v1/completions", body, prompt_ids, adapter, sampling(body, body.max_tokens, stops), chat=False)
+
+    @app.get("/v1/models")
+    async def list_models():
+        """The base model (as ``base`` and its own id) and every served registry model with its aliases."""
+        ids = ["base", base]
+        try:
+            served = await run_in_threadpool(resolver.served)
+        except Exception as err:  # registry down: the base model is still served
+            log.warning("cannot list the registry: %s", err)
+            served = {}
+        for model in served.values():
+            ids += [model.name, *(f"{model.name}@{alias}" for alias in model.aliases)]
+        return {"object": "list", "data": [{"id": i, "object": "model", "created": started_at, "owned_by": "gamesense"}
+                                           for i in dict.fromkeys(ids)]}  # fmt: skip
+
+    @app.get("/healthz")
+    async def healthz():
+        """200 while the scheduler runs (503 when it died): base model, adapters in memory, queue length."""
+        alive = engine._thread is not None and engine._thread.is_alive()
+        body = {"status": "ok" if alive else "scheduler_stopped", "base": base, "loaded_adapters": engine.loaded_adapters(),
+                "queue_length": engine.queue_length(), "running": len(engine.running), "stats": dict(engine.stats)}  # fmt: skip
+        return JSONResponse(body, status_code=200 if alive else 503)
+
+    @app.get("/metrics")
+    async def prometheus_metrics():
+        return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
+
+    return app
