@@ -18,7 +18,17 @@ from typer.testing import CliRunner
 from gamesense.tasks.guide_qa.chunking import ChunkSizes, chunk_document, chunk_documents
 from gamesense.tasks.guide_qa.filters import LengthBounds, NearDuplicates, groundedness, length_problem, source_mention
 from gamesense.tasks.guide_qa.ingest import find_guides, load_guide, parse_guide
-from gamesense.tasks.guide_qa.prompts import VARIANTS, generation_messages, parse_pairs, parse_verdict, pick_variant
+from gamesense.tasks.guide_qa.prompts import (
+    VARIANTS,
+    answer_messages,
+    generation_messages,
+    parse_answer,
+    parse_pairs,
+    parse_questions,
+    parse_verdict,
+    pick_variant,
+    question_messages,
+)
 from gamesense.tasks.guide_qa.synth import SynthOptions, side_files, synthesize
 from gamesense.teacher import Teacher, TeacherError
 
@@ -202,6 +212,20 @@ def test_parser_sets_malformed_pairs_aside_with_a_reason():
     assert parse_pairs("")[1][0].reason == "no Q:/A: pair in the output"
 
 
+def test_two_step_prompts_and_parsers():
+    chunk = chunk_document(parse_guide("# Pets\n\nYour dog follows you.\n", "markdown", "g.md"))[0]
+    asked = question_messages(chunk, "plain-lengthy", 2)[1]["content"]
+    assert "Your dog follows you." in asked and "2 different questions" in asked and "new player" in asked
+    answer = answer_messages(chunk, "plain-lengthy", "Does my dog follow me?")[1]["content"]
+    assert "Question: Does my dog follow me?" in answer and "two to four complete sentences" in answer
+    text = "Here you go:\n1. What does a wand do? 2) Q: Where do pets sleep?\n- **Question 3:** Who sells lanterns?\nWhat does a wand do?"
+    questions, bad = parse_questions(text, expected=2)
+    assert questions == ["What does a wand do?", "Where do pets sleep?"]
+    assert [b.reason for b in bad] == ["more questions than asked", "repeated question"]
+    assert [b.reason for b in parse_questions("I can't write questions.")[1]] == ["no question in the output"]
+    assert parse_answer("**Answer:**  It casts\n a spell.") == "It casts a spell." and parse_answer(None) == ""
+
+
 def test_judge_verdicts():
     assert parse_verdict("PASS") is True and parse_verdict("Verdict: fail.") is False
     assert parse_verdict("passes") is True and parse_verdict("It failed: Mario is from another game") is False
@@ -308,6 +332,10 @@ def scripted_teacher(messages: list[dict]) -> str:
     if "strict data reviewer" in system:
         pair = user.split("</excerpt>")[1]
         return "FAIL" if "Mario" in pair else "hmm, hard to say" if "Zelda" in pair else "PASS"
+    if "\n\nQuestion: " in user:  # two-step, step 2: the scripted answer to that question
+        question = user.split("\n\nQuestion: ")[1].split("\n")[0]
+        answers = dict(re.findall(r"Q: (.*)\nA: (.*)", "\n".join(SCRIPT.values())))
+        return f"Answer: {answers[question]}"
     if user.startswith("Rewrite this"):
         if "oil flasks" in user:
             return "Q: What refills a brass lantern?\nA: Oil flasks refill a brass lantern."
@@ -315,6 +343,9 @@ def scripted_teacher(messages: list[dict]) -> str:
     section = re.search(r"\(section: .*?([A-Za-z]+)\)", user).group(1)
     if section == "Broken":
         raise HTTPException(400, "scripted failure")
+    if "one question per line" in user:  # two-step, step 1: the script's questions, numbered
+        questions = re.findall(r"^Q: (.*)$", SCRIPT[section], re.M)
+        return "\n".join(f"{i}. {q}" for i, q in enumerate(questions, 1)) or SCRIPT[section]
     return SCRIPT[section]
 
 
@@ -329,9 +360,9 @@ def test_synth_qa_end_to_end_counts_provenance_and_cache(tmp_path):
     out = tmp_path / "qa.jsonl"
     app = openai_app(scripted_teacher)
     with served_on_localhost(app) as url:
-        result = run_synth(url, guide, out, tmp_path / "cache")
+        result = run_synth(url, guide, out, tmp_path / "cache", strategy="pairs")
         calls_first = app.state.calls
-        again = run_synth(url, guide, tmp_path / "again.jsonl", tmp_path / "cache")
+        again = run_synth(url, guide, tmp_path / "again.jsonl", tmp_path / "cache", strategy="pairs")
         calls_again = app.state.calls - calls_first
 
     summary = result.summary
@@ -368,6 +399,23 @@ def test_synth_qa_end_to_end_counts_provenance_and_cache(tmp_path):
     assert calls_again == 1
     assert again.summary["teacher_calls"]["cache_hits"] == calls_first - 1
     assert (tmp_path / "again.jsonl").read_text() == out.read_text()
+
+
+def test_two_step_strategy_asks_questions_then_answers_each(tmp_path):
+    guide = tmp_path / "glimmerdeep.md"
+    guide.write_text(GUIDE)
+    app = openai_app(scripted_teacher)
+    with served_on_localhost(app) as url:
+        pairs = run_synth(url, guide, tmp_path / "pairs.jsonl", tmp_path / "cache", strategy="pairs")
+        two_step = run_synth(url, guide, tmp_path / "qa.jsonl", tmp_path / "cache")
+    filters = {f["name"]: f for f in two_step.summary["filters"]}
+    # the stray answer is not asked for; the refusal has no question; each question got its own answer call
+    assert filters["parse"]["reasons"] == {"no question in the output": 1} and filters["parse"]["kept"] == 9
+    answer_calls = [b for b in app.state.bodies if "\n\nQuestion: " in b["messages"][-1]["content"]]
+    assert len(answer_calls) == 9
+    questions = [[json.loads(line)["question"] for line in (tmp_path / f"{name}.jsonl").read_text().splitlines()]
+                 for name in ("qa", "pairs")]  # fmt: skip
+    assert questions[0] == questions[1] and two_step.summary["kept"] == pairs.summary["kept"] == 3
 
 
 def test_synth_without_judge_and_with_a_chunk_cap(tmp_path):

@@ -44,6 +44,9 @@ def synth_qa(
                                     "Ollama, `gamesense serve llm`); the key comes from OPENAI_API_KEY"),  # fmt: skip
     teacher_model: str = typer.Option(DEFAULT_TEACHER_MODEL, help="model name the teacher server knows"),
     pairs_per_chunk: int = typer.Option(3, min=1, max=20, help="question-answer pairs asked for per chunk"),
+    strategy: str = typer.Option("two-step", help="two-step: ask for questions per chunk, then answer each in its own "
+                                 "call (small teachers follow it); pairs: one call writes whole Q:/A: pairs (fewer "
+                                 "calls, for strong teachers)"),  # fmt: skip
     seed: int = typer.Option(0, help="seeds chunk sizes and prompt variants"),
     concurrency: int = typer.Option(8, min=1, max=256, help="teacher requests in flight at once"),
     max_chunks: Optional[int] = typer.Option(None, min=1, help="use at most N chunks in all, round-robin over the "
@@ -77,7 +80,7 @@ def synth_qa(
     out = out or work_dir() / "qa.jsonl"
 
     sizes = ChunkSizes(chunk_mean, chunk_sd, chunk_min, chunk_max)  # ValueError -> one line from the CLI
-    options = SynthOptions(pairs_per_chunk=pairs_per_chunk, seed=seed, sizes=sizes, max_chunks=max_chunks,
+    options = SynthOptions(pairs_per_chunk=pairs_per_chunk, strategy=strategy, seed=seed, sizes=sizes, max_chunks=max_chunks,
                            temperature=temperature, max_tokens=max_tokens, judge=judge, min_groundedness=min_groundedness,
                            dedup_threshold=dedup_threshold)  # fmt: skip
     teacher = Teacher(teacher_url, teacher_model, concurrency=concurrency, max_retries=max_retries, timeout_s=timeout_s,

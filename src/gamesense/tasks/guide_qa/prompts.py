@@ -66,6 +66,83 @@ def generation_messages(chunk: Chunk, variant: str, pairs: int) -> list[dict[str
     return [{"role": "system", "content": SYSTEM}, {"role": "user", "content": user}]
 
 
+def question_messages(chunk: Chunk, variant: str, questions: int) -> list[dict[str, str]]:
+    """Two-step recipe, step 1: chat messages asking for ``questions`` questions about ``chunk`` in the question
+    style of ``variant``, one per line (answered one by one in step 2, :func:`answer_messages`).
+
+    Raises:
+        ValueError: unknown variant, or ``questions`` < 1.
+    """
+    if variant not in VARIANTS:
+        raise ValueError(f"unknown prompt variant {variant!r}; known: {', '.join(VARIANTS)}")
+    if questions < 1:
+        raise ValueError(f"questions per chunk must be >= 1, got {questions}")
+    style = variant.split("-")[0]
+    where = " > ".join(chunk.trail) or chunk.section
+    user = (
+        f"Here is an excerpt from a game's documentation (section: {where}).\n\n<excerpt>\n{chunk.text}\n</excerpt>\n\n"
+        f"Write {questions} {'question' if questions == 1 else 'different questions'} about the game that the excerpt "
+        f"answers. {STYLES[style]} Each question must make sense on its own. {NEVER_MENTION}\n"
+        "Write one question per line, each ending with '?', and nothing else."
+    )
+    return [{"role": "system", "content": SYSTEM}, {"role": "user", "content": user}]
+
+
+def answer_messages(chunk: Chunk, variant: str, question: str) -> list[dict[str, str]]:
+    """Two-step recipe, step 2: chat messages asking to answer ``question`` from ``chunk`` at the answer length
+    of ``variant``.
+
+    Raises:
+        ValueError: unknown variant.
+    """
+    if variant not in VARIANTS:
+        raise ValueError(f"unknown prompt variant {variant!r}; known: {', '.join(VARIANTS)}")
+    length = variant.split("-")[1]
+    user = (
+        f"<excerpt>\n{chunk.text}\n</excerpt>\n\nQuestion: {question}\n\n"
+        f"Answer the question using only facts from the excerpt. {LENGTHS[length].replace('each question', 'it')} "
+        f"{NEVER_MENTION} Write the answer only."
+    )
+    return [{"role": "system", "content": "You answer players' questions about a game."}, {"role": "user", "content": user}]
+
+
+_QUESTION = re.compile(r"[^?.!\n]*\?")
+_QUESTION_PREFIX = re.compile(r"^\s*(?:[-*\u2022]\s*)?(?:\(?\d{1,2}[.)]\s*)?[*_#\s]*(?:q(?:uestion)?\s*\d{0,2}\s*[*_]*\s*[:.)\-]\s*)?[*_]*", re.I)
+
+
+def parse_questions(text: str | None, expected: int | None = None) -> tuple[list[str], list[Malformed]]:
+    """Step 1 output -> questions (in order, each a sentence ending in ``?``, numbering and ``Q:`` markers removed)
+    and the parts set aside: ``no question in the output``, ``more questions than asked`` (beyond ``expected``),
+    ``repeated question``.
+
+    >>> parse_questions("1. What does Elbereth do? Sure! 2) Q: How do I pray?", 2)[0]
+    ['What does Elbereth do?', 'How do I pray?']
+    """
+    found: list[str] = []
+    for line in (text or "").splitlines():
+        for q in _QUESTION.findall(line):  # a line may hold several questions, each with its own numbering
+            q = _clean(_QUESTION_PREFIX.sub("", q, count=1))
+            if q.strip("? "):
+                found.append(q)
+    if not found:
+        return [], [Malformed((text or "").strip()[:500], "no question in the output")]
+    questions: list[str] = []
+    malformed: list[Malformed] = []
+    for q in found:
+        if q.lower() in (k.lower() for k in questions):
+            malformed.append(Malformed(f"Q: {q}", "repeated question"))
+        elif expected is not None and len(questions) >= expected:
+            malformed.append(Malformed(f"Q: {q}", "more questions than asked"))
+        else:
+            questions.append(q)
+    return questions, malformed
+
+
+def parse_answer(text: str | None) -> str:
+    """Step 2 output -> the answer: an ``A:``/``Answer:`` marker removed, whitespace collapsed ("" when empty)."""
+    return _clean(re.sub(r"^\s*[*_]*(?:a|answer)\s*[*_]*\s*:\s*", "", text or "", flags=re.I))
+
+
 def rewrite_messages(question: str, answer: str) -> list[dict[str, str]]:
     """Chat messages asking to rewrite a pair that refers to its source (``the guide says...``) as one about the game."""
     user = (
@@ -86,8 +163,8 @@ def judge_messages(chunk: Chunk, question: str, answer: str) -> list[dict[str, s
         f"<excerpt>\n{chunk.text}\n</excerpt>\n\nQ: {question}\nA: {answer}\n\n"
         "Does the pair name only things that belong to this game (characters, items, places, commands), with no "
         "names or facts from other games, books, films or the real world that the excerpt does not mention? "
-        "Reply with one word: PASS if it stays within the game, FAIL if it does not."
-    )
+        "Answer with one word, PASS if it stays within the game or FAIL if it does not.\nVerdict:"
+    )  # ending on "Verdict:" gets a verdict word even from a 135M model (it rambles otherwise)
     return [{"role": "system", "content": "You are a strict data reviewer. You reply with PASS or FAIL."},
             {"role": "user", "content": user}]  # fmt: skip
 

@@ -4,7 +4,9 @@
 counted in the summary (``in`` / ``kept`` / ``dropped`` by reason):
 
 1. ``teacher``: chunks whose generation call failed (unit: chunks);
-2. ``parse``: teacher output that is no well-formed pair (:func:`~gamesense.tasks.guide_qa.prompts.parse_pairs`);
+2. ``parse``: teacher output that is no well-formed pair (:func:`~gamesense.tasks.guide_qa.prompts.parse_pairs`),
+   or, with the two-step strategy, no question (:func:`~gamesense.tasks.guide_qa.prompts.parse_questions`) or an
+   empty answer;
 3. ``length``: question and answer within :class:`~gamesense.tasks.guide_qa.filters.LengthBounds`;
 4. ``source_mention``: a pair that talks about "the guide"/"the text" is rewritten by the teacher with the rewrite
    prompt and checked again (parse, length, mention); kept when the rewrite is clean (counted as ``rewritten``),
@@ -42,15 +44,23 @@ from gamesense.tasks.guide_qa.chunking import Chunk, ChunkSizes, chunk_documents
 from gamesense.tasks.guide_qa.filters import LengthBounds, NearDuplicates, groundedness_problem, length_problem, source_mention
 from gamesense.tasks.guide_qa.ingest import find_guides, load_guide
 from gamesense.tasks.guide_qa.prompts import (
+    Pair,
+    answer_messages,
     generation_messages,
     judge_messages,
+    parse_answer,
     parse_pairs,
+    parse_questions,
     parse_verdict,
     pick_variant,
+    question_messages,
     rewrite_messages,
 )
 from gamesense.teacher import Request, Teacher, TeacherError
 
+STRATEGIES = ("two-step", "pairs")
+#: two-step token caps: per question asked for, and per answer
+QUESTION_TOKENS, ANSWER_TOKENS = 50, 200
 FILTERS = ("teacher", "parse", "length", "source_mention", "groundedness", "judge", "near_duplicate")
 
 
@@ -60,6 +70,9 @@ class SynthOptions:
 
     Attributes:
         pairs_per_chunk: pairs asked for per chunk.
+        strategy: ``"two-step"``: ask for questions per chunk, then answer each question in its own call (small
+            teachers follow it: one task per call, no pair format to keep); ``"pairs"``: one call per chunk writes
+            whole ``Q:``/``A:`` pairs (the seed recipe; fewer calls, for strong teachers).
         seed: seeds chunk sizes and prompt variants.
         sizes: chunk size distribution.
         max_chunks: use at most this many chunks in all, taken round-robin over the files (quick runs); None: all.
@@ -72,6 +85,7 @@ class SynthOptions:
     """
 
     pairs_per_chunk: int = 3
+    strategy: str = "two-step"
     seed: int = 0
     sizes: ChunkSizes = ChunkSizes()
     max_chunks: int | None = None
@@ -84,6 +98,8 @@ class SynthOptions:
     lengths: LengthBounds = LengthBounds()
 
     def __post_init__(self):
+        if self.strategy not in STRATEGIES:
+            raise ValueError(f"strategy must be one of {', '.join(STRATEGIES)}, got {self.strategy!r}")
         if self.pairs_per_chunk < 1:
             raise ValueError(f"pairs_per_chunk must be >= 1, got {self.pairs_per_chunk}")
         if self.max_chunks is not None and self.max_chunks < 1:
@@ -216,11 +232,15 @@ def synthesize(guides: Sequence[str | Path], teacher: Teacher, out: str | Path, 
         row.update(extra)
         rejects.append(row)
 
-    # 1-2: generation and parsing
+    # 1-2: generation and parsing (two-step: questions per chunk, then one answer call per question)
     variants = [pick_variant(options.seed, c.id) for c in chunks]
-    requests = [Request(generation_messages(c, v, options.pairs_per_chunk), options.temperature, options.max_tokens)
+    two_step = options.strategy == "two-step"
+    make = question_messages if two_step else generation_messages
+    # a question is < 50 tokens, an answer of 2-4 sentences < 200: caps keep a rambling teacher cheap
+    first_cap = min(options.max_tokens, QUESTION_TOKENS * options.pairs_per_chunk) if two_step else options.max_tokens
+    requests = [Request(make(c, v, options.pairs_per_chunk), options.temperature, first_cap)
                 for c, v in zip(chunks, variants)]  # fmt: skip
-    results = teacher.complete_many(requests, progress="generate" if progress else False)
+    results = teacher.complete_many(requests, progress=("questions" if two_step else "generate") if progress else False)
     if chunks and not any(r.ok for r in results):
         raise TeacherError(f"no answer from the teacher {teacher.name}: {results[0].error}")
     candidates: list[_Candidate] = []
@@ -230,13 +250,33 @@ def synthesize(guides: Sequence[str | Path], teacher: Teacher, out: str | Path, 
             reject("teacher", result.error or "", "call failed", chunk_id=chunk.id)
             continue
         counts["teacher"].kept += 1
-        pairs, malformed = parse_pairs(result.text, options.pairs_per_chunk)
+        if two_step:
+            questions, malformed = parse_questions(result.text, options.pairs_per_chunk)
+            pairs = [Pair(q, "") for q in questions]
+        else:
+            pairs, malformed = parse_pairs(result.text, options.pairs_per_chunk)
         counts["parse"].in_ += len(pairs) + len(malformed)
-        counts["parse"].kept += len(pairs)
         for bad in malformed:
             reject("parse", bad.reason, chunk_id=chunk.id, variant=variant, text=bad.text)
         for k, pair in enumerate(pairs, start=1):
             candidates.append(_Candidate(f"{chunk.id}-q{k}", chunk, variant, pair.question, pair.answer))
+    if two_step and candidates:
+        answers = teacher.complete_many([Request(answer_messages(c.chunk, c.variant, c.question), options.temperature,
+                                                 min(options.max_tokens, ANSWER_TOKENS)) for c in candidates],  # fmt: skip
+                                        progress="answers" if progress else False)
+        answered = []
+        for c, result in zip(candidates, answers):
+            c.answer = parse_answer(result.text) if result.ok else ""
+            if not result.ok:
+                reject("parse", f"answer call failed: {result.error}", "answer call failed", c)
+            elif not c.answer:
+                reject("parse", "empty answer", c=c)
+            elif result.finish_reason == "length":  # cut mid-sentence: would teach answers that never end
+                reject("parse", f"answer cut at {min(options.max_tokens, ANSWER_TOKENS)} tokens", "answer cut at max_tokens", c)
+            else:
+                answered.append(c)
+        candidates = answered
+    counts["parse"].kept = len(candidates)
 
     # 3: length
     def passes_length(c: _Candidate) -> bool:

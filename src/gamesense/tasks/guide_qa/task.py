@@ -41,7 +41,8 @@ Reference answer: {reference}
 Candidate answer: {candidate}
 
 Does the candidate answer give the same facts as the reference answer, without contradicting the passage?
-Reply with one word: CORRECT or INCORRECT."""
+Answer with one word, CORRECT or INCORRECT.
+Verdict:"""
 _VERDICT = re.compile(r"\b(INCORRECT|CORRECT)\b", re.I)
 
 
@@ -224,7 +225,7 @@ class GuideQATask(Task):
                              {"role": "user", "content": JUDGE_TEMPLATE.format(
                                  chunk=r.get("chunk") or "(not available)", question=r["question"],
                                  reference=r["reference"], candidate=p or "(no answer)")}],
-                            temperature=0.0, max_tokens=16)  # room for "The answer is CORRECT"
+                            temperature=0.0, max_tokens=8)
                     for p, r in zip(predictions, records)]  # fmt: skip
         with Teacher(opts.judge_url, opts.judge_model, api_key=os.environ.get(opts.judge_api_key_env),
                      concurrency=opts.judge_concurrency) as judge:  # fmt: skip
