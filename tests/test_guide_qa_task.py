@@ -99,3 +99,44 @@ def test_guide_qa_recipe_end_to_end(workdir, tiny_model_dir, tmp_path):
     answer = runner.invoke(app, ["generate", "What does Elbereth do?", "--model", f"models:/gamesense-guide-qa@{alias}",
                                  "--set", f"model.base={tiny_model_dir}", "--set", "model.dtype=float32"])  # fmt: skip
     assert answer.exit_code == 0, answer.output
+
+
+@pytest.fixture(scope="module")
+def tiny_teacher(tiny_model_dir, tmp_path_factory):
+    """``gamesense serve llm`` over the tiny random model on 127.0.0.1: the base URL of its OpenAI API."""
+    from support import isolated_workdir, served_on_localhost
+
+    from gamesense.serving.openai_api import create_app
+
+    with isolated_workdir(tmp_path_factory.mktemp("teacher")):
+        app = create_app(str(tiny_model_dir), models=[], dtype="float32", max_batch=8)
+        with served_on_localhost(app) as url:
+            yield f"{url}/v1"
+
+
+def test_synth_and_judge_through_our_own_server(tiny_teacher, tmp_path, workdir):
+    """The default teacher path end to end: synth qa on a real guide through our server (a tiny random model
+    writes nonsense: every pair is accounted for by some filter), then a repeat costs no call; the judge of the
+    evaluation asks the same server."""
+    from gamesense.tasks.guide_qa.synth import SynthOptions, synthesize
+    from gamesense.teacher import Teacher
+
+    guide = tmp_path / "pets.md"
+    guide.write_text("# Pets\n\nYour dog follows you through the dungeon. It fights monsters next to you and can "
+                     "steal items from shops.\n\n# Prayer\n\nPray when your hit points are low and your god is not "
+                     "angry with you. A successful prayer restores your hit points.\n")  # fmt: skip
+    options = SynthOptions(max_tokens=24, pairs_per_chunk=2)
+    with Teacher(tiny_teacher, "base", cache_dir=tmp_path / "cache", max_retries=0) as teacher:
+        first = synthesize([guide], teacher, tmp_path / "qa.jsonl", options, progress=False).summary
+    with Teacher(tiny_teacher, "base", cache_dir=tmp_path / "cache", max_retries=0) as teacher:
+        again = synthesize([guide], teacher, tmp_path / "again.jsonl", options, progress=False).summary
+    assert first["chunks"] == 2 and first["teacher_calls"]["calls"] >= 2 and first["teacher_calls"]["errors"] == 0
+    pair_filters = [f for f in first["filters"] if f["unit"] == "pairs"]
+    assert all(a["kept"] == b["in"] for a, b in zip(pair_filters, pair_filters[1:]))
+    assert pair_filters[-1]["kept"] == first["kept"] == len((tmp_path / "qa.jsonl").read_text().splitlines())
+    assert again["teacher_calls"]["calls"] == 0 and again["teacher_calls"]["cache_hits"] == first["teacher_calls"]["calls"]
+
+    task = GuideQATask({"judge_url": tiny_teacher, "judge_model": "base"})
+    records = [{"reference": a, "question": q, "chunk": ""} for q, a in FACTS]
+    metrics = task.compute_metrics([a for _, a in FACTS], records)
+    assert 0 <= metrics["judge_correct"] + metrics["judge_unparsed"] <= 1 and metrics["rouge_l"] == pytest.approx(1.0)
