@@ -3,9 +3,10 @@
 The engine holds one base causal LM in memory. Adapters (PEFT LoRA directories) are loaded into it on first
 use under a key that names the registry model and version, and deleted least-recently-used when more than
 ``max_adapters`` are loaded (never one that a running row uses). A scheduler thread decodes every running
-request in ONE forward pass per step, each row with its own adapter (PEFT mixed-adapter batches:
-``adapter_names=[key or "__base__" per row]``), its own sampling (greedy at temperature 0, else temperature
-and top-p with a per-request ``torch.Generator``), repetition penalty, ``max_tokens``, stop strings and EOS.
+request in ONE forward pass per step, each row with its own adapter (:class:`RowLoRA`: the rows' LoRA deltas
+in two batched matmuls per layer; or PEFT's mixed-adapter forward, ``adapter_names=[key or "__base__" per
+row]``, with ``lora_kernel="peft"``), its own sampling (greedy at temperature 0, else temperature and top-p
+with a per-request ``torch.Generator``), repetition penalty, ``max_tokens``, stop strings and EOS.
 
 Continuous batching: requests that arrive while a batch runs are prefilled between two steps and join the
 running batch (left padding: the running KV cache and the new rows' cache are padded on the left to one
