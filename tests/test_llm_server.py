@@ -228,11 +228,11 @@ def test_mixed_adapter_batch_returns_what_each_adapter_returns_alone(server):
     assert single < steps
 
 
-def test_lru_eviction_with_one_adapter_slot_still_answers_correctly(server, registry, tiny_model_dir):
+def test_lru_eviction_with_one_adapter_slot_and_peft_kernel_answers_the_same(server, registry, tiny_model_dir):
     _, _, client = server
     expected = ask_all(client, MIXED, PROMPTS, concurrent=False)
     with isolated_workdir(registry):
-        app = start(tiny_model_dir, max_adapters=1)
+        app = start(tiny_model_dir, max_adapters=1, lora_kernel="peft")  # PEFT's adapter_names forward
         with served_on_localhost(app) as url:
             small = openai.OpenAI(base_url=f"{url}/v1", api_key="unused", max_retries=0, timeout=60)
             assert ask_all(small, MIXED, PROMPTS, concurrent=True) == expected

@@ -30,6 +30,8 @@ def llm(
     batch_wait_ms: float = typer.Option(5.0, min=0, help="when idle, how long a request waits for others to batch with"),
     alias_ttl_s: float = typer.Option(5.0, min=0, help="seconds an alias -> version answer is reused"),
     max_tokens: int = typer.Option(512, min=1, help="max_tokens of a request that gives none"),
+    lora_kernel: str = typer.Option("batched", help="batched: all rows' LoRA deltas in two batched matmuls per layer; "
+                                    "peft: PEFT's mixed-batch forward (any PEFT LoRA variant)"),
     dtype: str = typer.Option("auto", help="auto | float32 | bfloat16 | float16 (auto: bf16 where the CPU/GPU has it)"),
     engine: str = typer.Option("hf", help="hf: this server (PyTorch + PEFT); vllm: start `vllm serve` on the same "
                                "registry (GPU)"),  # fmt: skip
@@ -53,7 +55,7 @@ def llm(
     from gamesense.serving.openai_api import create_app
 
     api = create_app(base, model or None, dtype=dtype, max_batch=max_batch, max_adapters=max_adapters,
-                     batch_wait_ms=batch_wait_ms, alias_ttl_s=alias_ttl_s, default_max_tokens=max_tokens,
+                     batch_wait_ms=batch_wait_ms, alias_ttl_s=alias_ttl_s, default_max_tokens=max_tokens, lora_kernel=lora_kernel,
                      tracking_uri=tracking_uri)  # fmt: skip
     typer.echo(f"serving {base} and the registry's adapters on http://{host}:{port}/v1", err=True)
     uvicorn.run(api, host=host, port=port, log_level=log_level, access_log=False)

@@ -3,9 +3,10 @@
 The engine holds one base causal LM in memory. Adapters (PEFT LoRA directories) are loaded into it on first
 use under a key that names the registry model and version, and deleted least-recently-used when more than
 ``max_adapters`` are loaded (never one that a running row uses). A scheduler thread decodes every running
-request in ONE forward pass per step, each row with its own adapter (PEFT mixed-adapter batches:
-``adapter_names=[key or "__base__" per row]``), its own sampling (greedy at temperature 0, else temperature
-and top-p with a per-request ``torch.Generator``), repetition penalty, ``max_tokens``, stop strings and EOS.
+request in ONE forward pass per step, each row with its own adapter (:class:`RowLoRA`: the rows' LoRA deltas
+in two batched matmuls per layer; or PEFT's mixed-adapter forward, ``adapter_names=[key or "__base__" per
+row]``, with ``lora_kernel="peft"``), its own sampling (greedy at temperature 0, else temperature and top-p
+with a per-request ``torch.Generator``), repetition penalty, ``max_tokens``, stop strings and EOS.
 
 Continuous batching: requests that arrive while a batch runs are prefilled between two steps and join the
 running batch (left padding: the running KV cache and the new rows' cache are padded on the left to one
@@ -215,6 +216,73 @@ class _Row:
         return self.request.adapter.key if self.request.adapter else BASE_ROW
 
 
+# --- LoRA deltas per row ------------------------------------------------------------------------------------
+
+
+class RowLoRA:
+    """Every row's LoRA delta in two batched matmuls per layer, whatever mix of adapters the rows use.
+
+    PEFT's mixed-batch forward (``adapter_names``) splits each layer's input into one sub-batch per adapter
+    (index, two matmuls, scatter-add for each): with SmolLM2's 210 LoRA layers that is thousands of small ops
+    a step. Here the loaded adapters' weights are stacked per layer once, after each load or eviction
+    (``A``: ``(slots, r_max, in)``, ``B * scaling``: ``(slots, out, r_max)``, slot 0 all zeros for base rows,
+    smaller ranks zero-padded), and a forward hook adds ``bmm(bmm(x, A[slot]^T), B[slot]^T)`` to the base
+    layer's output: the idea of Punica's / S-LoRA's gathered LoRA kernels (Chen et al., 2023; Sheng et al.,
+    2023), in plain PyTorch. PEFT still loads, holds and deletes the adapters; its own LoRA forward is told to
+    add nothing (each layer's active adapter is set to a name no adapter has).
+
+    Only plain LoRA on linear layers: an adapter with a variant (DoRA...) or LoRA on embeddings raises
+    ``ValueError`` at load (use ``lora_kernel="peft"``).
+    """
+
+    def __init__(self, peft):
+        self.peft = peft
+        self.slots: dict[str, int] = {}
+        self.rows: torch.Tensor | None = None  # (batch,) slot of each row; None: every row is base
+
+    def rebuild(self, keys: list[str]) -> None:
+        """Stack the weights of the adapters ``keys`` (slot i+1 for keys[i]) in every LoRA layer."""
+        from peft.tuners.lora import LoraLayer
+        from peft.tuners.lora import Linear as LoraLinear
+
+        self.slots = {key: i + 1 for i, key in enumerate(keys)}
+        for module in self.peft.modules():
+            if not isinstance(module, LoraLayer):
+                continue
+            present = [k for k in keys if k in module.lora_A or k in getattr(module, "lora_embedding_A", {})]
+            if not isinstance(module, LoraLinear) or any(k in module.lora_variant for k in present):
+                raise ValueError(f"adapter(s) {', '.join(present)}: only plain LoRA on linear layers is batched "
+                                 f"here ({type(module).__name__}); serve with lora_kernel='peft'")  # fmt: skip
+            module._active_adapter = BASE_ROW  # PEFT's forward: base layer only; the hook adds the deltas
+            base = module.get_base_layer()
+            weight = base.weight
+            rank = max((module.r[k] for k in present), default=1)
+            a = weight.new_zeros((len(keys) + 1, rank, base.in_features))
+            b = weight.new_zeros((len(keys) + 1, base.out_features, rank))
+            for key in present:
+                slot, r = self.slots[key], module.r[key]
+                a[slot, :r] = module.lora_A[key].weight
+                b[slot, :, :r] = module.lora_B[key].weight * module.scaling[key]
+            module._gamesense_lora = (a, b)
+            if not getattr(module, "_gamesense_hooked", False):
+                module.register_forward_hook(self._add_delta)
+                module._gamesense_hooked = True
+
+    def select(self, names: list[str]) -> None:
+        """The adapter (or ``__base__``) of each row of the next forward pass."""
+        slots = [self.slots.get(n, 0) for n in names]
+        self.rows = torch.tensor(slots, device=self.peft.device) if any(slots) else None
+
+    def _add_delta(self, module, args, output):
+        if self.rows is None:
+            return None
+        a, b = module._gamesense_lora
+        x = args[0]
+        delta = torch.bmm(torch.bmm(x.to(a.dtype), a.index_select(0, self.rows).transpose(1, 2)),
+                          b.index_select(0, self.rows).transpose(1, 2))  # fmt: skip
+        return output + delta.to(output.dtype)
+
+
 # --- the engine ---------------------------------------------------------------------------------------------
 
 
@@ -256,6 +324,8 @@ class LLMEngine:
         batch_wait_ms: when idle, how long the first request waits for others to share its first forward.
         mixed_batches: False: a batch holds requests for one adapter only (baseline for benchmarks).
         default_max_tokens: ``max_tokens`` of a request that does not give one (then clamped to the context).
+        lora_kernel: ``batched`` (:class:`RowLoRA`: every row's LoRA delta in two batched matmuls per layer) or
+            ``peft`` (PEFT's mixed-batch forward, ``adapter_names``: one sub-batch per adapter per layer).
         observer: metrics hooks (:class:`EngineObserver`).
 
     Raises:
@@ -264,10 +334,13 @@ class LLMEngine:
 
     def __init__(self, base: str, dtype: str = "auto", max_batch: int = 16, max_adapters: int = 8,
                  batch_wait_ms: float = 5.0, mixed_batches: bool = True, default_max_tokens: int = 512,
-                 observer: EngineObserver | None = None):  # fmt: skip
+                 lora_kernel: Literal["batched", "peft"] = "batched", observer: EngineObserver | None = None):  # fmt: skip
         from gamesense.models.base import load_base_model, load_tokenizer
         from gamesense.models.hardware import inference_dtype
 
+        if lora_kernel not in ("batched", "peft"):
+            raise ValueError(f"lora_kernel {lora_kernel!r}: expected batched or peft")
+        self.lora_kernel = lora_kernel
         if max_batch < 1 or max_adapters < 1:
             raise ValueError(f"max_batch ({max_batch}) and max_adapters ({max_adapters}) must be >= 1")
         self.base = base
@@ -294,7 +367,8 @@ class LLMEngine:
         eos |= set(configured) if isinstance(configured, list) else {configured}
         self.eos_ids = {int(i) for i in eos if i is not None}
         self.peft = None  # the PeftModel wrapping self.model once an adapter is loaded
-        self._row_adapters: list[str] = []  # adapter of each row of the forward pass running now
+        self._row_adapters: list[str] = []  # adapter of each row of the forward pass running now (peft kernel)
+        self.row_lora: RowLoRA | None = None  # batched kernel, once an adapter is loaded
         self.loaded: OrderedDict[str, Adapter] = OrderedDict()  # LRU order: oldest first
         self.inbox: queue.Queue[GenerationRequest] = queue.Queue()
         self.waiting: deque[GenerationRequest] = deque()
@@ -417,6 +491,8 @@ class LLMEngine:
             return
         in_use = {r.adapter_name for r in self.running}
         only = None if self.mixed_batches else (next(iter(in_use)) if in_use else None)
+        if only is not None and any((r.adapter.key if r.adapter else BASE_ROW) != only for r in self.waiting):
+            return  # one adapter at a time, first come first served: let the batch drain, then switch
         admitted: list[GenerationRequest] = []
         kept: deque[GenerationRequest] = deque()
         while self.waiting:
@@ -466,7 +542,6 @@ class LLMEngine:
         else:
             self.peft.load_adapter(str(adapter.path), adapter_name=adapter.key, autocast_adapter_dtype=False)
             self.peft.eval()
-        self._route_rows()
         self.loaded[adapter.key] = adapter
         self.stats["adapter_loads"] += 1
         self.observer.adapters_changed(len(self.loaded), "load", adapter.key)
@@ -480,20 +555,38 @@ class LLMEngine:
             self.stats["adapter_evictions"] += 1
             self.observer.adapters_changed(len(self.loaded), "evict", old)
             log.info("evicted adapter %s", old)
+        if self.lora_kernel == "batched":
+            if self.row_lora is None:
+                self.row_lora = RowLoRA(self.peft)
+            try:
+                self.row_lora.rebuild(list(self.loaded))
+            except ValueError:  # an adapter the batched kernel cannot run: unload it, keep the others
+                del self.loaded[adapter.key]
+                self.peft.set_adapter(next(iter(self.loaded))) if self.loaded else None
+                if self.loaded:
+                    self.peft.delete_adapter(adapter.key)
+                self.row_lora.rebuild(list(self.loaded))
+                raise
+        else:
+            self._route_rows()
         return True
 
     def _logits(self, rows: list[_Row], cache, **inputs) -> torch.Tensor:
         """Last-position logits ``(len(rows), vocab)`` in float32, each row through its own adapter."""
         from gamesense.evaluation.generation import last_token_logits
 
-        self._row_adapters = [r.adapter_name for r in rows]
+        names = [r.adapter_name for r in rows]
+        if self.row_lora is not None:
+            self.row_lora.select(names)
+        else:
+            self._row_adapters = names
         return last_token_logits(self.model, cache, **inputs).float()
 
     def _route_rows(self) -> None:
-        """Give every LoRA layer a forward pre-hook that passes ``adapter_names`` (one per row, read from
-        ``self._row_adapters``): PEFT's mixed-adapter batch path. PEFT's own ``PeftModel.forward(adapter_names=)``
-        registers such hooks on every call, walking all modules (~12 ms a step for SmolLM2); these are
-        registered once per new LoRA layer, after each adapter load."""
+        """``lora_kernel="peft"``: give every LoRA layer a forward pre-hook that passes ``adapter_names`` (one
+        per row, from ``self._row_adapters``): PEFT's mixed-adapter batch path. PEFT's own
+        ``PeftModel.forward(adapter_names=)`` registers such hooks on every call, walking all modules (~12 ms
+        a step for SmolLM2); these are registered once per new LoRA layer, after each adapter load."""
         from peft.tuners.lora import LoraLayer
 
         def route(module, args, kwargs):

@@ -184,6 +184,7 @@ def create_app(
     alias_ttl_s: float = 5.0,
     mixed_batches: bool = True,
     default_max_tokens: int = 512,
+    lora_kernel: str = "batched",
     tracking_uri: str | None = None,
     cache_dir: str | Path | None = None,
 ) -> FastAPI:
@@ -193,7 +194,7 @@ def create_app(
         base: base model id or path.
         models: registry models to serve (None: every registered model whose versions carry a ``task`` tag and
             this base, see :class:`~gamesense.serving.llm_engine.ModelResolver`).
-        dtype, max_batch, max_adapters, batch_wait_ms, mixed_batches, default_max_tokens: see
+        dtype, max_batch, max_adapters, batch_wait_ms, mixed_batches, default_max_tokens, lora_kernel: see
             :class:`~gamesense.serving.llm_engine.LLMEngine`.
         alias_ttl_s: seconds an alias -> version answer is reused (an alias move is served after at most this).
         tracking_uri: MLflow tracking URI (default: the working directory's SQLite store).
@@ -208,7 +209,8 @@ def create_app(
     setup_tracking(tracking_uri)
     metrics = _Metrics()
     engine = LLMEngine(base, dtype=dtype, max_batch=max_batch, max_adapters=max_adapters, batch_wait_ms=batch_wait_ms,
-                       mixed_batches=mixed_batches, default_max_tokens=default_max_tokens, observer=metrics)  # fmt: skip
+                       mixed_batches=mixed_batches, default_max_tokens=default_max_tokens, lora_kernel=lora_kernel,
+                       observer=metrics)  # fmt: skip
     resolver = ModelResolver(base, models, alias_ttl_s, Path(cache_dir) if cache_dir else work_dir() / "llm-serving" / "adapters")
     metrics.queue.set_function(engine.queue_length)
     started_at = int(time.time())
