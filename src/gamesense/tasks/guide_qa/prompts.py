@@ -40,17 +40,27 @@ def pick_variant(seed: int, chunk_id: str) -> str:
     return random.Random(f"{seed}/{chunk_id}").choice(VARIANTS)
 
 
+def _split_variant(variant: str, count: int = 1, what: str = "items") -> tuple[str, str]:
+    """``(style, length)`` of a variant name.
+
+    Raises:
+        ValueError: unknown variant, or ``count`` < 1 (``what`` names it).
+    """
+    if variant not in VARIANTS:
+        raise ValueError(f"unknown prompt variant {variant!r}; known: {', '.join(VARIANTS)}")
+    if count < 1:
+        raise ValueError(f"{what} per chunk must be >= 1, got {count}")
+    style, length = variant.split("-")
+    return style, length
+
+
 def generation_messages(chunk: Chunk, variant: str, pairs: int) -> list[dict[str, str]]:
     """Chat messages asking for ``pairs`` Q&A pairs about ``chunk`` in the style of ``variant``.
 
     Raises:
         ValueError: unknown variant, or ``pairs`` < 1.
     """
-    if variant not in VARIANTS:
-        raise ValueError(f"unknown prompt variant {variant!r}; known: {', '.join(VARIANTS)}")
-    if pairs < 1:
-        raise ValueError(f"pairs per chunk must be >= 1, got {pairs}")
-    style, length = variant.split("-")
+    style, length = _split_variant(variant, pairs, "pairs")
     where = " > ".join(chunk.trail) or chunk.section
     user = (
         f"Here is an excerpt from a game's documentation (section: {where}).\n\n"
@@ -73,11 +83,7 @@ def question_messages(chunk: Chunk, variant: str, questions: int) -> list[dict[s
     Raises:
         ValueError: unknown variant, or ``questions`` < 1.
     """
-    if variant not in VARIANTS:
-        raise ValueError(f"unknown prompt variant {variant!r}; known: {', '.join(VARIANTS)}")
-    if questions < 1:
-        raise ValueError(f"questions per chunk must be >= 1, got {questions}")
-    style = variant.split("-")[0]
+    style = _split_variant(variant, questions, "questions")[0]
     where = " > ".join(chunk.trail) or chunk.section
     user = (
         f"Here is an excerpt from a game's documentation (section: {where}).\n\n<excerpt>\n{chunk.text}\n</excerpt>\n\n"
@@ -95,9 +101,7 @@ def answer_messages(chunk: Chunk, variant: str, question: str) -> list[dict[str,
     Raises:
         ValueError: unknown variant.
     """
-    if variant not in VARIANTS:
-        raise ValueError(f"unknown prompt variant {variant!r}; known: {', '.join(VARIANTS)}")
-    length = variant.split("-")[1]
+    length = _split_variant(variant)[1]
     user = (
         f"<excerpt>\n{chunk.text}\n</excerpt>\n\nQuestion: {question}\n\n"
         f"Answer the question using only facts from the excerpt. {LENGTHS[length].replace('each question', 'it')} "
