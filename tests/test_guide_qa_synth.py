@@ -413,6 +413,9 @@ def test_two_step_strategy_asks_questions_then_answers_each(tmp_path):
     assert filters["parse"]["reasons"] == {"no question in the output": 1} and filters["parse"]["kept"] == 9
     answer_calls = [b for b in app.state.bodies if "\n\nQuestion: " in b["messages"][-1]["content"]]
     assert len(answer_calls) == 9
+    question_calls = [b for b in app.state.bodies if "one question per line" in b["messages"][-1]["content"]]
+    assert {b["temperature"] for b in answer_calls} == {0.0} and {b["temperature"] for b in question_calls} == {0.7}
+    assert {b["max_tokens"] for b in question_calls} == {150} and {b["max_tokens"] for b in answer_calls} == {200}
     questions = [[json.loads(line)["question"] for line in (tmp_path / f"{name}.jsonl").read_text().splitlines()]
                  for name in ("qa", "pairs")]  # fmt: skip
     assert questions[0] == questions[1] and two_step.summary["kept"] == pairs.summary["kept"] == 3

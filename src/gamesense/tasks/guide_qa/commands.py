@@ -52,8 +52,13 @@ def synth_qa(
     max_chunks: Optional[int] = typer.Option(None, min=1, help="use at most N chunks in all, round-robin over the "
                                              "guides (quick runs)"),  # fmt: skip
     judge: bool = typer.Option(True, "--judge/--no-judge", help="LLM judge pass/fail for names and facts from outside the game"),
-    temperature: float = typer.Option(0.7, min=0.0, max=2.0, help="sampling temperature of generation and rewrites"),
-    max_tokens: int = typer.Option(400, min=16, help="tokens per generation"),
+    temperature: float = typer.Option(0.7, min=0.0, max=2.0, help="sampling temperature of generation (questions or "
+                                      "pairs) and rewrites"),  # fmt: skip
+    answer_temperature: float = typer.Option(0.0, min=0.0, max=2.0, help="temperature of the two-step answer calls "
+                                             "(greedy: an answer should stay with its chunk; questions bring the "
+                                             "diversity)"),  # fmt: skip
+    max_tokens: int = typer.Option(400, min=16, help="tokens per generation (two-step: at most 50 per question asked "
+                                   "and 200 per answer)"),  # fmt: skip
     min_groundedness: float = typer.Option(0.5, min=0.0, max=1.0, help="share of the answer's content words that "
                                            "must occur in its chunk"),  # fmt: skip
     dedup_threshold: float = typer.Option(90.0, min=1.0, max=100.0, help="rapidfuzz token_sort_ratio from which two "
@@ -80,8 +85,9 @@ def synth_qa(
     out = out or work_dir() / "qa.jsonl"
 
     sizes = ChunkSizes(chunk_mean, chunk_sd, chunk_min, chunk_max)  # ValueError -> one line from the CLI
-    options = SynthOptions(pairs_per_chunk=pairs_per_chunk, strategy=strategy, seed=seed, sizes=sizes, max_chunks=max_chunks,
-                           temperature=temperature, max_tokens=max_tokens, judge=judge, min_groundedness=min_groundedness,
+    options = SynthOptions(pairs_per_chunk=pairs_per_chunk, strategy=strategy, seed=seed, sizes=sizes,
+                           max_chunks=max_chunks, temperature=temperature, answer_temperature=answer_temperature,
+                           max_tokens=max_tokens, judge=judge, min_groundedness=min_groundedness,
                            dedup_threshold=dedup_threshold)  # fmt: skip
     teacher = Teacher(teacher_url, teacher_model, concurrency=concurrency, max_retries=max_retries, timeout_s=timeout_s,
                       cache_dir=cache_dir)  # fmt: skip
