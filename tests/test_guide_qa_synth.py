@@ -52,6 +52,11 @@ def test_markdown_headings_paragraphs_lists_and_code():
     assert doc.sections[1].text == "A brass lantern is bright and cheap.\n\n- first item continues\n- second item"
     assert doc.sections[2].text == "# not a heading\nx = 1"
     assert doc.sections[1].line == 4 and spans_hold(doc)
+    setext = parse_guide("Pets\n====\n\nYour dog\nfollows you.\n\nShops and\nprices\n---\n\nPay first.\n\n***\n",
+                         "markdown", "g.md")  # fmt: skip
+    assert [(s.title, s.trail, s.line) for s in setext.sections] == [
+        ("Pets", ("Pets",), 1), ("Shops and prices", ("Pets", "Shops and prices"), 7)]  # fmt: skip
+    assert setext.sections[0].text == "Your dog follows you." and setext.sections[1].text == "Pay first."
 
 
 def test_rst_titles_directives_and_literal_blocks():

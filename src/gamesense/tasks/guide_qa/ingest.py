@@ -6,7 +6,8 @@ Every format becomes a :class:`Document`: its cleaned ``text`` and its :class:`S
 Paragraphs are separated by a blank line; lines of prose are unwrapped into one line per paragraph, while list
 items, tables, figures and literal/code blocks keep their line structure.
 
-- **Markdown** (``.md``, ``.markdown``): ATX headings ``#`` ... ``######``; fenced code blocks kept as text
+- **Markdown** (``.md``, ``.markdown``): ATX headings ``#`` ... ``######`` and setext headings (a paragraph
+  underlined with ``===`` or ``---``); fenced code blocks kept as text
   (a ``#`` inside them is no heading); links and images reduced to their text, emphasis and code marks dropped.
 - **reStructuredText** (``.rst``): titles underlined, or over- and underlined, with any punctuation character
   (levels in order of first appearance, as docutils does); ``.. contents::``, ``toctree``, images, comments and
@@ -238,6 +239,7 @@ def _preformatted(lines: Sequence[str]) -> str:
 
 _MD_HEADING = re.compile(r"^ {0,3}(#{1,6})\s+(.*?)\s*#*\s*$")
 _MD_FENCE = re.compile(r"^ {0,3}(```|~~~)")
+_MD_SETEXT = re.compile(r"^ {0,3}(=+|-+)\s*$")
 
 
 def _md_inline(text: str) -> str:
@@ -275,8 +277,13 @@ def _parse_markdown(lines: list[str]) -> list[_RawSection]:
             flush()
             fence = fenced.group(1)
             continue
+        setext = _MD_SETEXT.match(line) if block else None
         heading = _MD_HEADING.match(line)
-        if heading:
+        if setext:  # the paragraph above is the title (CommonMark: `===` level 1, `---` level 2)
+            title, start = _md_inline(_unwrap(block)).strip(), number - len(block)
+            block.clear()
+            sections.append(_RawSection(title, 1 if setext.group(1)[0] == "=" else 2, start, []))
+        elif heading:
             flush()
             sections.append(_RawSection(_md_inline(heading.group(2)).strip(), len(heading.group(1)), number, []))
         elif not line.strip() or re.fullmatch(r"\s*(?:[-*_]\s*){3,}", line):  # blank line or thematic break
