@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -323,7 +324,7 @@ def test_training_reports_and_writes_the_rows_it_drops(env):
     train.to_csv(env / "train_bad.csv", index=False)
     res = invoke("engagement", "train", "--data", str(env / "train_bad.csv"), *FAST, "--no-register")
     assert res.exit_code == 0 and "10 of 3000 rows rejected" in res.output, res.output
-    rejects = Path(res.output.split("reasons per row in ")[1].split()[0])
+    rejects = Path(re.search(r"reasons per row in (\S+\.csv)", res.output).group(1))  # log lines may come first
     assert pd.read_csv(rejects)["reason"].str.contains("Age out of range").sum() == 10
 
 

@@ -197,6 +197,11 @@ def test_bad_body_is_422_naming_the_field(server):
     assert r.status_code == 422 and r.json()["error"]["param"] == "messages"
     r = httpx.post(f"{url}/v1/chat/completions", content=b"{not json", headers={"content-type": "application/json"})
     assert r.status_code == 400 and "error" in r.json()
+    huge = {"model": "base", "messages": [{"role": "user", "content": "x" * (9 * 1024 * 1024)}]}
+    with pytest.raises(openai.APIStatusError) as err:
+        client.chat.completions.create(**huge)
+    assert err.value.status_code == 413 and "larger than 8388608 bytes" in err.value.body["message"]
+    assert err.value.body["type"] == "invalid_request_error"
 
 
 def ask_all(client, models: list[str], prompts: list[str], concurrent: bool) -> list[str]:

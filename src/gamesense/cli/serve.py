@@ -37,6 +37,7 @@ def llm(
                                "registry (GPU)"),  # fmt: skip
     print_command: bool = typer.Option(False, "--print-command", help="with --engine vllm: print the command and exit"),
     tracking_uri: Optional[str] = typer.Option(None, help="MLflow tracking URI (default: the working directory's SQLite store)"),
+    max_body_bytes: int = typer.Option(8 * 1024 * 1024, min=1, help="largest request body (413 above)"),
     log_level: str = typer.Option("warning", help="uvicorn log level"),
 ) -> None:
     """Serve the base model and every registered LoRA adapter behind one OpenAI-compatible endpoint:
@@ -56,7 +57,7 @@ def llm(
 
     api = create_app(base, model or None, dtype=dtype, max_batch=max_batch, max_adapters=max_adapters,
                      batch_wait_ms=batch_wait_ms, alias_ttl_s=alias_ttl_s, default_max_tokens=max_tokens, lora_kernel=lora_kernel,
-                     tracking_uri=tracking_uri)  # fmt: skip
+                     tracking_uri=tracking_uri, max_body_bytes=max_body_bytes)  # fmt: skip
     typer.echo(f"serving {base} and the registry's adapters on http://{host}:{port}/v1", err=True)
     uvicorn.run(api, host=host, port=port, log_level=log_level, access_log=False)
 

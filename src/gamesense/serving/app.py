@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from contextlib import asynccontextmanager
 from typing import Annotated, Any, Literal
 
@@ -25,6 +25,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, G
 from pydantic import BaseModel, ConfigDict, Field, create_model
 
 from gamesense.serving.holder import AliasFollower, registry_follower
+from gamesense.serving.limits import BodySizeLimit
 from gamesense.tasks import engagement as task
 
 log = logging.getLogger(__name__)
@@ -130,55 +131,6 @@ def safe_validation_errors(errors: Sequence[Any]) -> list[dict[str, Any]]:
     return out
 
 
-class BodySizeLimit:
-    """ASGI middleware: a request body over ``max_bytes`` gets 413 before anything parses it (by its
-    Content-Length, or while it streams in when there is none); smaller bodies are passed on unchanged."""
-
-    def __init__(self, app, max_bytes: int, on_reject: Callable[[str, int], None] | None = None):
-        self.app, self.max_bytes, self.on_reject = app, max_bytes, on_reject
-
-    async def __call__(self, scope, receive, send):
-        if scope["type"] != "http":
-            return await self.app(scope, receive, send)
-        headers = dict(scope.get("headers") or [])
-        declared = headers.get(b"content-length")
-        if declared is not None and (not declared.isdigit() or int(declared) > self.max_bytes):
-            status = 413 if declared.isdigit() else 400
-            return await self._reject(scope, send, status)
-        chunks, size, more = [], 0, True
-        while more:
-            message = await receive()
-            if message["type"] != "http.request":  # client went away
-                return
-            chunk = message.get("body", b"")
-            size += len(chunk)
-            if size > self.max_bytes:
-                return await self._reject(scope, send, 413)
-            chunks.append(chunk)
-            more = message.get("more_body", False)
-        body, replayed = b"".join(chunks), False
-
-        async def replay():
-            nonlocal replayed
-            if not replayed:
-                replayed = True
-                return {"type": "http.request", "body": body, "more_body": False}
-            return await receive()
-
-        await self.app(scope, replay, send)
-
-    async def _reject(self, scope, send, status: int) -> None:
-        if self.on_reject:
-            self.on_reject(scope.get("path", ""), status)
-        detail = (f"request body larger than {self.max_bytes} bytes (serving.max_body_bytes)" if status == 413
-                  else "invalid Content-Length header")  # fmt: skip
-        await JSONResponse({"detail": detail}, status_code=status)(scope, _no_body, send)
-
-
-async def _no_body():
-    return {"type": "http.disconnect"}
-
-
 def create_app(
     model_name: str = "gamesense-engagement",
     alias: str = "champion",
@@ -231,7 +183,7 @@ def create_app(
     )
     app.state.holder = holder
     app.state.metrics_registry = registry
-    app.add_middleware(BodySizeLimit, max_bytes=max_body_bytes,
+    app.add_middleware(BodySizeLimit, max_bytes=max_body_bytes, hint="serving.max_body_bytes",
                        on_reject=lambda path, status: requests.labels(path, str(status)).inc())  # fmt: skip
 
     @app.exception_handler(RequestValidationError)

@@ -32,6 +32,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from gamesense.serving.limits import BodySizeLimit
 from gamesense.serving.llm_engine import (Completion, EngineObserver, GenerationRequest, LLMEngine, ModelNotFound,
                                           ModelResolver, RequestError, SamplingParams, StreamEvent)  # fmt: skip
 
@@ -187,6 +188,7 @@ def create_app(
     lora_kernel: str = "batched",
     tracking_uri: str | None = None,
     cache_dir: str | Path | None = None,
+    max_body_bytes: int = 8 * 1024 * 1024,
 ) -> FastAPI:
     """Build the OpenAI-compatible app; the base model is loaded here, the scheduler starts with the app.
 
@@ -198,6 +200,7 @@ def create_app(
             :class:`~gamesense.serving.llm_engine.LLMEngine`.
         alias_ttl_s: seconds an alias -> version answer is reused (an alias move is served after at most this).
         tracking_uri: MLflow tracking URI (default: the working directory's SQLite store).
+        max_body_bytes: largest request body; a larger one is answered 413 before it is parsed.
         cache_dir: where adapter versions are downloaded (default ``<workdir>/llm-serving/adapters``).
 
     Raises:
@@ -229,6 +232,9 @@ def create_app(
     app = FastAPI(title="GameSense LLM API (OpenAI-compatible)", version="1.0", lifespan=lifespan,
                   description="The base model and the registry's LoRA adapters behind OpenAI's chat and completions API.")  # fmt: skip
     app.state.engine, app.state.resolver, app.state.metrics = engine, resolver, metrics
+    app.add_middleware(BodySizeLimit, max_bytes=max_body_bytes, hint="--max-body-bytes",
+                       on_reject=lambda path, status: metrics.requests.labels(path, "unknown", str(status)).inc(),
+                       error_body=lambda status, message: error_body(message, param="body"))  # fmt: skip
 
     @app.exception_handler(APIError)
     async def _api_error(request: Request, exc: APIError):
