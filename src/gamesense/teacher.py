@@ -31,7 +31,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from gamesense.settings import work_dir
+from gamesense.settings import work_dir, write_text_atomic
 
 #: api key sent when neither ``api_key`` nor ``OPENAI_API_KEY`` is given (local servers ignore it)
 LOCAL_API_KEY = "not-needed"
@@ -190,10 +190,7 @@ class Teacher:
             return
         entry = {"model": self.model, "messages": request.chat_messages(), "parameters": request.parameters(),
                  "text": result.text, "finish_reason": result.finish_reason, "created": time.time()}  # fmt: skip
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f"{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
-        tmp.write_text(json.dumps(entry, ensure_ascii=False), encoding="utf-8")
-        tmp.replace(path)  # atomic: a reader never sees half an entry
+        write_text_atomic(path, json.dumps(entry, ensure_ascii=False))  # a reader never sees half an entry
 
     # --- calls ----------------------------------------------------------------------------------------------
 

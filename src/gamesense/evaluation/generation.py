@@ -81,19 +81,16 @@ def last_token_logits(model, cache=None, **inputs) -> torch.Tensor:
     return model.get_output_embeddings()(hidden[:, -1].contiguous())
 
 
-def penalize_repetition(logits: torch.Tensor, seen: torch.Tensor, penalty: float) -> torch.Tensor:
-    """CTRL's repetition penalty (Keskar et al. 2019, as in transformers' ``RepetitionPenaltyLogitsProcessor``):
-    the logit of every token already in the row (prompt or output) is divided by ``penalty`` when positive and
+def penalize_repetition(scores: torch.Tensor, penalty: float) -> torch.Tensor:
+    """CTRL's repetition penalty (Keskar et al. 2019, as in transformers' ``RepetitionPenaltyLogitsProcessor``),
+    for the logits of tokens already in the row (prompt or output): divided by ``penalty`` when positive,
     multiplied by it when negative.
 
     Args:
-        logits: ``(batch, vocab)``.
-        seen: ``(batch, vocab)`` bool, True where the token occurred in the row.
-        penalty: >= 1.0; 1.0 changes nothing.
+        scores: those logits, any shape (select them first, e.g. ``logits[seen]``).
+        penalty: > 0; 1.0 changes nothing.
     """
-    if penalty == 1.0:
-        return logits
-    return torch.where(seen, torch.where(logits > 0, logits / penalty, logits * penalty), logits)
+    return torch.where(scores > 0, scores / penalty, scores * penalty)
 
 
 def _greedy_batch(model, rows: list[list[int]], pad_id: int, max_new_tokens: int, stop_ids: torch.Tensor,
@@ -115,7 +112,9 @@ def _greedy_batch(model, rows: list[list[int]], pad_id: int, max_new_tokens: int
         logits = last_token_logits(model, cache, **inputs)
         if seen is None:
             return logits.argmax(-1)
-        chosen = penalize_repetition(logits.float(), seen, repetition_penalty).argmax(-1)
+        logits = logits.float()
+        logits[seen] = penalize_repetition(logits[seen], repetition_penalty)
+        chosen = logits.argmax(-1)
         seen[torch.arange(len(chosen), device=device), chosen] = True
         return chosen
 

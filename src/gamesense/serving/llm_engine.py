@@ -165,6 +165,11 @@ class GenerationRequest:
     submitted: float = field(default_factory=time.perf_counter)
     cancelled: bool = False
 
+    @property
+    def adapter_name(self) -> str:
+        """The PEFT adapter its rows use (``__base__`` for the base model)."""
+        return self.adapter.key if self.adapter else BASE_ROW
+
 
 class EngineObserver:
     """Hooks the engine calls from its thread (metrics); the defaults do nothing."""
@@ -213,7 +218,7 @@ class _Row:
 
     @property
     def adapter_name(self) -> str:
-        return self.request.adapter.key if self.request.adapter else BASE_ROW
+        return self.request.adapter_name
 
 
 # --- LoRA deltas per row ------------------------------------------------------------------------------------
@@ -491,7 +496,7 @@ class LLMEngine:
             return
         in_use = {r.adapter_name for r in self.running}
         only = None if self.mixed_batches else (next(iter(in_use)) if in_use else None)
-        if only is not None and any((r.adapter.key if r.adapter else BASE_ROW) != only for r in self.waiting):
+        if only is not None and any(r.adapter_name != only for r in self.waiting):
             return  # one adapter at a time, first come first served: let the batch drain, then switch
         admitted: list[GenerationRequest] = []
         kept: deque[GenerationRequest] = deque()
@@ -499,7 +504,7 @@ class LLMEngine:
             req = self.waiting.popleft()
             if req.cancelled:
                 continue
-            name = req.adapter.key if req.adapter else BASE_ROW
+            name = req.adapter_name
             if only is None and not self.mixed_batches:
                 only = name
             if len(admitted) >= free or (only is not None and name != only):
@@ -562,8 +567,8 @@ class LLMEngine:
                 self.row_lora.rebuild(list(self.loaded))
             except ValueError:  # an adapter the batched kernel cannot run: unload it, keep the others
                 del self.loaded[adapter.key]
-                self.peft.set_adapter(next(iter(self.loaded))) if self.loaded else None
-                if self.loaded:
+                if self.loaded:  # PEFT will not delete the active adapter: activate another first
+                    self.peft.set_adapter(next(iter(self.loaded)))
                     self.peft.delete_adapter(adapter.key)
                 self.row_lora.rebuild(list(self.loaded))
                 raise
@@ -661,12 +666,13 @@ class LLMEngine:
 
     def _sample(self, rows: list[_Row], logits: torch.Tensor) -> torch.Tensor:
         """Next token per row ``(len(rows),)``: repetition penalty, then greedy or temperature + top-p."""
+        from gamesense.evaluation.generation import penalize_repetition
+
         for i, row in enumerate(rows):
             penalty = row.request.params.repetition_penalty
             if penalty != 1.0:
                 seen = torch.tensor(sorted(set(row.request.prompt_ids) | set(row.generated)), device=logits.device)
-                scores = logits[i, seen]
-                logits[i, seen] = torch.where(scores < 0, scores * penalty, scores / penalty)
+                logits[i, seen] = penalize_repetition(logits[i, seen], penalty)
         tokens = logits.argmax(-1)
         for i, row in enumerate(rows):
             params = row.request.params
@@ -829,17 +835,12 @@ class ModelResolver:
         """
         from gamesense.registry.refs import RegistryRef, is_registry_ref, parse_model_ref
 
-        if is_registry_ref(name):
-            try:
-                return parse_model_ref(name)
-            except ValueError as err:
-                raise ModelNotFound(str(err)) from None
-        match = re.fullmatch(r"(?P<name>[^/@\s]+)(?:@(?P<alias>[\w-]+)|/(?P<version>\d+))?", name)
-        if not match:
-            raise ModelNotFound(f"the model {name!r} does not exist")
-        if match["alias"] is None and match["version"] is None:
-            return RegistryRef(match["name"], alias=DEFAULT_ALIAS)
-        return RegistryRef(match["name"], match["alias"], match["version"])
+        if not is_registry_ref(name) and not re.search(r"[/@\s]", name):
+            return RegistryRef(name, alias=DEFAULT_ALIAS)  # a bare name stands for its champion
+        try:  # NAME@ALIAS and NAME/VERSION: the registry's own grammar, without the models:/ prefix
+            return parse_model_ref(name if is_registry_ref(name) else f"models:/{name}")
+        except ValueError as err:
+            raise ModelNotFound(str(err) if is_registry_ref(name) else f"the model {name!r} does not exist") from None
 
     def resolve(self, name: str) -> Adapter | None:
         """The adapter a model name selects now (None: the base model). May call the registry and download.

@@ -78,6 +78,18 @@ class Document:
 # ------------------------------------------------------------------------------------------------ finding files
 
 
+def guide_format(path: Path) -> str:
+    """The format of a guide file from its suffix (see :data:`FORMATS`).
+
+    Raises:
+        ValueError: an unsupported suffix.
+    """
+    fmt = FORMATS.get(path.suffix.lower())
+    if fmt is None:
+        raise ValueError(f"{path}: unsupported guide type {path.suffix or '(none)'!r}; use one of {', '.join(FORMATS)}")
+    return fmt
+
+
 def find_guides(paths: Iterable[str | Path]) -> list[Path]:
     """Guide files named by ``paths``: files as given, folders searched recursively for ``.md .markdown .rst
     .txt`` files (sorted; LICENSE, README and similar skipped, as are hidden files and folders).
@@ -96,9 +108,7 @@ def find_guides(paths: Iterable[str | Path]) -> list[Path]:
                         and file.stem.lower() not in NOT_GUIDES):  # fmt: skip
                     found.append(file)
         elif path.is_file():
-            if path.suffix.lower() not in FORMATS:
-                raise ValueError(f"{path}: unsupported guide type {path.suffix or '(none)'!r}; "
-                                 f"use one of {', '.join(FORMATS)}")  # fmt: skip
+            guide_format(path)  # an unsupported type fails here, before anything is read
             found.append(path)
         else:
             raise FileNotFoundError(f"{path}: no such file or folder")
@@ -115,9 +125,7 @@ def load_guide(path: str | Path) -> Document:
         OSError: the file cannot be read.
     """
     path_obj = Path(path)
-    fmt = FORMATS.get(path_obj.suffix.lower())
-    if fmt is None:
-        raise ValueError(f"{path}: unsupported guide type {path_obj.suffix or '(none)'!r}; use one of {', '.join(FORMATS)}")
+    fmt = guide_format(path_obj)
     data = path_obj.read_bytes()
     try:
         text = data.decode("utf-8-sig")

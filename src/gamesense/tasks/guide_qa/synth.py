@@ -30,16 +30,15 @@ Files written (atomically: a temporary file renamed into place), for ``--out qa.
 from __future__ import annotations
 
 import json
-import os
 import statistics
 import time
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from gamesense.settings import same_file
+from gamesense.settings import same_file, write_text_atomic
 from gamesense.tasks.guide_qa.chunking import Chunk, ChunkSizes, chunk_documents
 from gamesense.tasks.guide_qa.filters import LengthBounds, NearDuplicates, groundedness_problem, length_problem, source_mention
 from gamesense.tasks.guide_qa.ingest import find_guides, load_guide
@@ -178,16 +177,8 @@ def _take(chunks: list[Chunk], limit: int | None) -> list[Chunk]:
     return [chunks[i] for i in sorted(picked)]
 
 
-def _write_atomic(path: Path, lines: Sequence[str]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        with tmp.open("w", encoding="utf-8") as f:
-            for line in lines:
-                f.write(line + "\n")
-        tmp.replace(path)
-    finally:
-        tmp.unlink(missing_ok=True)
+def _jsonl(rows: Iterable[dict[str, Any]]) -> str:
+    return "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows)
 
 
 def _record(c: _Candidate, teacher: str) -> dict[str, Any]:
@@ -393,7 +384,7 @@ def synthesize(guides: Sequence[str | Path], teacher: Teacher, out: str | Path, 
         "options": {**asdict(options), "judge": options.judge},
         "files": {"out": str(out), "rejected": str(rejected_path), "summary": str(summary_path)},
     }
-    _write_atomic(out, [json.dumps(_record(c, teacher.name), ensure_ascii=False) for c in kept])
-    _write_atomic(rejected_path, [json.dumps(r, ensure_ascii=False) for r in rejects])
-    _write_atomic(summary_path, [json.dumps(summary, indent=2, ensure_ascii=False)])
+    write_text_atomic(out, _jsonl(_record(c, teacher.name) for c in kept))
+    write_text_atomic(rejected_path, _jsonl(rejects))
+    write_text_atomic(summary_path, json.dumps(summary, indent=2, ensure_ascii=False) + "\n")
     return SynthResult(out, rejected_path, summary_path, summary)
