@@ -46,21 +46,25 @@ def worker(steps: int, rows: int, setting: str, late: bool) -> None:
     import torch
     from transformers import TrainerCallback
 
-    from gamesense.config import LLMRecipe, load_recipe, resolve_data_path
+    from gamesense.config import load_recipe, resolve_data_path
     from gamesense.models.hardware import configure_threads
     from gamesense.tasks import get_task
     from gamesense.training.callbacks import FollowFreeCores
-    from gamesense.training.stages import StageInputs, build_trainer, stage_config, stage_records
+    from gamesense.training.methods import get_method
+    from gamesense.training.methods.base import StageInputs, build_records
+    from gamesense.training.recipe import LLMRecipe
+    from gamesense.training.stage import build_trainer, trainer_config
 
     plan = configure_threads("auto") if setting == "after" else None
     recipe = load_recipe("viggo", LLMRecipe, ["runtime.compile=false"])  # compiling is orthogonal and slow to start
     recipe.sft = {**recipe.sft, "max_steps": steps, "save_strategy": "no", "logging_steps": 1000,
                   "include_num_input_tokens_seen": "non_padding"}  # fmt: skip
     task = get_task(recipe.task, recipe.task_options)
-    records = stage_records("sft", task, task.load(resolve_data_path(recipe.data.train_file), rows).examples)
+    records = build_records("sft", task, task.load(resolve_data_path(recipe.data.train_file), rows).examples)
     out = Path(f"/tmp/gamesense-contention-{os.getpid()}")
     inputs = StageInputs(recipe=recipe, task=task, train_records=records, stage_dir=out, show_progress=False)
-    trainer = build_trainer("sft", inputs, stage_config("sft", recipe, out))
+    sft = get_method("sft")
+    trainer = build_trainer(sft, inputs, trainer_config(sft, recipe, out))
     threads_seen: set[int] = set()
 
     class Timer(TrainerCallback):

@@ -27,10 +27,10 @@ DEFAULT_DATA = ROOT.parent / "shared" / "datasets" / "engagement" / "online_gami
 
 
 def ensure_champion(recipe) -> None:
-    from gamesense.pipelines.engagement_steps import promote_engagement
+    from gamesense.pipelines.engagement_gate import promote_engagement
     from gamesense.registry.mlflow_store import get_version_by_alias, setup_tracking
     from gamesense.registry.promotion import CHAMPION
-    from gamesense.training.tabular import train_engagement
+    from gamesense.training.engagement import train_engagement
 
     setup_tracking(recipe.registry.tracking_uri, recipe.registry.experiment)
     if get_version_by_alias(recipe.registry.model_name, CHAMPION) is None:
@@ -43,9 +43,9 @@ def ensure_champion(recipe) -> None:
 
 def bench_batch(recipe, data: Path, rows: int, repeat: int) -> dict:
     from gamesense.tasks import engagement as task
-    from gamesense.serving.tabular import load_tabular_model
+    from gamesense.serving.engagement.predictor import load_engagement_model
 
-    model = load_tabular_model(recipe.registry.model_name, "champion")
+    model = load_engagement_model(recipe.registry.model_name)  # its champion
     base = task.read_table(data).drop(columns=[task.TARGET])
     raw = base.sample(rows, replace=True, random_state=0).reset_index(drop=True)
     raw["PlayerID"] = np.arange(len(raw))  # resampled rows would clash on PlayerID
@@ -84,7 +84,7 @@ def bench_online(rate: float, n: int, warmup: int = 50) -> dict:
     import httpx
 
     port = free_port()
-    cmd = [sys.executable, "-c", "from gamesense.cli import app; app()", "serve", "--port", str(port)]
+    cmd = [sys.executable, "-c", "from gamesense.cli import app; app()", "serve", "engagement", "--port", str(port)]
     proc = subprocess.Popen(cmd, env=os.environ.copy())
     player = {"PlayerID": 1, "Age": 30, "Gender": "Male", "Location": "USA", "GameGenre": "RPG",
               "PlayTimeHours": 5.5, "InGamePurchases": 1, "GameDifficulty": "Easy", "SessionsPerWeek": 12,

@@ -128,8 +128,9 @@ def main() -> None:
 
     from gamesense.models.hardware import configure_threads
     from gamesense.registry.mlflow_store import setup_tracking
-    from gamesense.serving.llm_engine import ModelResolver, off_main_thread
-    from gamesense.serving.openai_api import create_app
+    from gamesense.serving.llm.api import create_app
+    from gamesense.serving.llm.engine import off_main_thread
+    from gamesense.serving.llm.resolver import ModelResolver
 
     setup_tracking()
     plan = configure_threads("auto")
@@ -137,7 +138,7 @@ def main() -> None:
     models = sorted(ModelResolver(BASE, None, 0, Path(os.environ["GAMESENSE_WORKDIR"]) / "tmp").served())[:3] if args.workdir else []
     if len(models) < 3:
         print("making 3 random LoRA adapters (r=16, all-linear) ...", flush=True)
-        # in a thread that ends: the main thread must not keep a libgomp pool (see llm_engine.off_main_thread)
+        # in a thread that ends: the main thread must not keep a libgomp pool (see serving.llm.engine.off_main_thread)
         models = off_main_thread(lambda: random_adapters(Path(os.environ["GAMESENSE_WORKDIR"])))
     print(f"adapters: {', '.join(models)}; {args.clients} clients x {args.requests} requests x {args.max_tokens} tokens",
           flush=True)  # fmt: skip

@@ -87,10 +87,11 @@ def llm_moves_per_s(model_ref: str, grids: list[int], games: int, steps: int) ->
     """In-game moves/s of a model playing with the snake recipe's prompt, three ways in one run: all games
     in lockstep with one forward pass per move (what evaluation does), one game at a time, and the
     lockstep games scored as four full candidate sequences instead of one next-token comparison."""
-    from gamesense.config import LLMRecipe, load_recipe
+    from gamesense.config import load_recipe
     from gamesense.evaluation.policy import ModelPolicy
     from gamesense.models.refs import load_for_inference
     from gamesense.tasks import get_task
+    from gamesense.training.recipe import LLMRecipe
 
     recipe = load_recipe("snake", LLMRecipe)
     task = get_task("snake", recipe.task_options)
@@ -103,10 +104,11 @@ def llm_moves_per_s(model_ref: str, grids: list[int], games: int, steps: int) ->
         def choose(self, prompts, choices):
             return super().choose(prompts, [[f"{c} " for c in row] for row in choices])  # 2 tokens each
 
+    one_at_a_time = recipe.generation.model_copy(update={"batch_size": 1})
     ways = {
-        f"{len(plan)} games in lockstep": (ModelPolicy(model, "batched", batch_size=recipe.generation.batch_size), plan),
-        "one game at a time": (ModelPolicy(model, "single", batch_size=1), plan[: len(grids)]),
-        "4 full sequences per move": (FullSequences(model, "full", batch_size=recipe.generation.batch_size), plan),
+        f"{len(plan)} games in lockstep": (ModelPolicy(model, "batched", recipe.generation), plan),
+        "one game at a time": (ModelPolicy(model, "single", one_at_a_time), plan[: len(grids)]),
+        "4 full sequences per move": (FullSequences(model, "full", recipe.generation), plan),
     }
     print(f"\nLLM agent {model_ref} ({model.description}), games capped at {steps} moves")
     rates = {}

@@ -4,7 +4,7 @@ Both train LoRA adapters of the same shape on the same base model and the same s
 data, for the same number of optimizer steps and batch size:
 - anchor: HF ``Trainer``, every example padded to ``max_length=512``, loss on the full sequence, pad = eos,
   fp32, TRL/Trainer defaults otherwise;
-- ours: the recipe's ``sft`` stage as ``gamesense finetune`` builds it (``gamesense.training.stages``): TRL
+- ours: the recipe's ``sft`` stage as ``gamesense finetune`` builds it (``gamesense.training.stage``): TRL
   ``SFTTrainer`` with completion-only loss, dynamic padding with length-grouped batches, bf16 autocast where
   the CPU has it, no activation checkpointing.
 Throughput is non-pad tokens per second (the attention mask's sum; the same prompt format for both), timed
@@ -31,11 +31,14 @@ import torch
 from datasets import Dataset
 from transformers import DataCollatorForLanguageModeling, Trainer, TrainerCallback, TrainingArguments
 
-from gamesense.config import LLMRecipe, load_recipe, resolve_data_path
+from gamesense.config import load_recipe, resolve_data_path
 from gamesense.models.base import load_base_model, load_tokenizer
 from gamesense.models.hardware import resolve_bf16
 from gamesense.tasks import get_task
-from gamesense.training.stages import StageInputs, build_trainer, lora_config, stage_config, stage_records
+from gamesense.training.methods import get_method
+from gamesense.training.methods.base import StageInputs, build_records, lora_config
+from gamesense.training.recipe import LLMRecipe
+from gamesense.training.stage import build_trainer, trainer_config
 
 
 class StepTimer(TrainerCallback):
@@ -60,7 +63,8 @@ def run_ours(recipe: LLMRecipe, task, records, steps, batch_size, out) -> float:
     recipe.sft = {**recipe.sft, "max_steps": steps, "per_device_train_batch_size": batch_size, "save_strategy": "no",
                   "include_num_input_tokens_seen": "non_padding"}  # fmt: skip
     inputs = StageInputs(recipe=recipe, task=task, train_records=records, stage_dir=Path(out), show_progress=False)
-    return timed(build_trainer("sft", inputs, stage_config("sft", recipe, Path(out))))
+    sft = get_method("sft")
+    return timed(build_trainer(sft, inputs, trainer_config(sft, recipe, Path(out))))
 
 
 def run_anchor(recipe: LLMRecipe, task, records, steps, batch_size, out) -> float:
@@ -131,7 +135,7 @@ def main() -> None:
     recipe = load_recipe(args.recipe, LLMRecipe)
     task = get_task(recipe.task, recipe.task_options)
     examples = task.load(resolve_data_path(recipe.data.train_file), args.rows).examples
-    records = stage_records("sft", task, examples)
+    records = build_records("sft", task, examples)
     results = {"ours": [], "anchor": []}
     for round_ in range(args.rounds):
         for name, fn in (("ours", run_ours), ("anchor", run_anchor)):

@@ -21,7 +21,7 @@ pytestmark = [pytest.mark.slow, pytest.mark.skipif(not DATA.is_file(), reason="e
 def served(tmp_path_factory):
     """A trained and promoted model behind uvicorn on 127.0.0.1 (small limits so limits are exercised too)."""
     from gamesense.cli import app as cli
-    from gamesense.serving.app import create_app
+    from gamesense.serving.engagement.api import create_app
 
     root = tmp_path_factory.mktemp("schemathesis")
     with isolated_workdir(root):

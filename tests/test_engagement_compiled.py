@@ -1,4 +1,4 @@
-"""The lleaves-compiled scoring path (:mod:`gamesense.serving.lgbm_compiled`): equal to ``Booster.predict``,
+"""The lleaves-compiled scoring path (:mod:`gamesense.serving.engagement.compiled_trees`): equal to ``Booster.predict``,
 cached by model hash, and falling back to LightGBM when lleaves is missing, disabled or wrong."""
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ import lightgbm as lgb
 import numpy as np
 import pytest
 
-from gamesense.serving import lgbm_compiled
+from gamesense.serving.engagement import compiled_trees
 
 
 def _booster(seed: int = 0, rounds: int = 15) -> tuple[lgb.Booster, np.ndarray]:
@@ -26,7 +26,7 @@ def _booster(seed: int = 0, rounds: int = 15) -> tuple[lgb.Booster, np.ndarray]:
 def test_compiled_equals_booster_predict_and_is_cached(tmp_path):
     pytest.importorskip("lleaves")
     booster, X = _booster()
-    compiled = lgbm_compiled.compile_booster(booster, cache_dir=tmp_path, threads=2)
+    compiled = compiled_trees.compile_booster(booster, cache_dir=tmp_path, threads=2)
     assert compiled is not None and compiled.num_class == 3
     want = booster.predict(X, num_threads=1)
     np.testing.assert_allclose(compiled.predict(X), want, rtol=0, atol=1e-12)
@@ -36,7 +36,7 @@ def test_compiled_equals_booster_predict_and_is_cached(tmp_path):
         compiled.predict(X[:, :5])
     (obj,) = tmp_path.glob("lleaves-*.o")
     mtime = obj.stat().st_mtime_ns
-    again = lgbm_compiled.compile_booster(booster, cache_dir=tmp_path)
+    again = compiled_trees.compile_booster(booster, cache_dir=tmp_path)
     assert again is not None and obj.stat().st_mtime_ns == mtime  # loaded, not recompiled
     np.testing.assert_allclose(again.predict(X), want, rtol=0, atol=1e-12)
     assert [p.name for p in tmp_path.iterdir()] == [obj.name]  # no temp files left behind
@@ -46,12 +46,12 @@ def test_stale_cache_entry_is_recompiled(tmp_path):
     pytest.importorskip("lleaves")
     a, X = _booster(seed=0)
     b, _ = _booster(seed=1)
-    assert lgbm_compiled.compile_booster(a, cache_dir=tmp_path) is not None
+    assert compiled_trees.compile_booster(a, cache_dir=tmp_path) is not None
     (obj_a,) = tmp_path.glob("lleaves-*.o")
     # plant model a's code under model b's key: lleaves itself would use it blindly
-    obj_b = tmp_path / f"lleaves-{lgbm_compiled._cache_key(b.model_to_string())}.o"
+    obj_b = tmp_path / f"lleaves-{compiled_trees._cache_key(b.model_to_string())}.o"
     obj_b.write_bytes(obj_a.read_bytes())
-    compiled = lgbm_compiled.compile_booster(b, cache_dir=tmp_path)
+    compiled = compiled_trees.compile_booster(b, cache_dir=tmp_path)
     assert compiled is not None
     np.testing.assert_allclose(compiled.predict(X), b.predict(X, num_threads=1), rtol=0, atol=1e-12)
     assert obj_b.read_bytes() != obj_a.read_bytes()
@@ -60,10 +60,10 @@ def test_stale_cache_entry_is_recompiled(tmp_path):
 def test_falls_back_when_lleaves_is_missing_or_disabled(tmp_path, monkeypatch):
     booster, _ = _booster(rounds=3)
     monkeypatch.setenv("GAMESENSE_NO_COMPILE", "1")
-    assert lgbm_compiled.compile_booster(booster, cache_dir=tmp_path) is None
+    assert compiled_trees.compile_booster(booster, cache_dir=tmp_path) is None
     monkeypatch.delenv("GAMESENSE_NO_COMPILE")
     monkeypatch.setitem(sys.modules, "lleaves", None)  # import lleaves -> ImportError
-    assert lgbm_compiled.compile_booster(booster, cache_dir=tmp_path) is None
+    assert compiled_trees.compile_booster(booster, cache_dir=tmp_path) is None
     assert not list(tmp_path.iterdir())
 
 
@@ -75,5 +75,5 @@ def test_falls_back_when_compile_fails(tmp_path, monkeypatch):
         raise RuntimeError("LLVM exploded")
 
     monkeypatch.setattr(lleaves.Model, "compile", boom)
-    assert lgbm_compiled.compile_booster(booster, cache_dir=tmp_path) is None
+    assert compiled_trees.compile_booster(booster, cache_dir=tmp_path) is None
     assert not list(tmp_path.glob("lleaves-*.o"))

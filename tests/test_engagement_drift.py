@@ -11,7 +11,7 @@ import pytest
 from typer.testing import CliRunner
 
 from gamesense.cli import app as cli
-from gamesense.monitoring.drift import ColumnDrift, decide_retraining, run_drift, simulate_drift
+from gamesense.monitoring.engagement import ColumnDrift, decide_retraining, run_drift, simulate_drift
 from gamesense.config import load_recipe
 from gamesense.tasks import engagement as task
 

@@ -187,7 +187,7 @@ def test_readme_cron_line_retrains_only_on_exit_1():
 @pytest.fixture(scope="module")
 def api(env):
     """The real app on uvicorn, 127.0.0.1, small limits (3 players, 64 KiB)."""
-    from gamesense.serving.app import create_app
+    from gamesense.serving.engagement.api import create_app
 
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("GAMESENSE_WORKDIR", str(env / "work"))
@@ -245,11 +245,11 @@ def test_limits_types_ids_readiness_and_schema(api, env):
 
     from fastapi.testclient import TestClient
 
-    from gamesense.serving.app import create_app
-    from gamesense.serving.holder import AliasFollower
+    from gamesense.serving.engagement.api import create_app
+    from gamesense.serving.alias_follower import AliasFollower
 
     empty = AliasFollower(lambda version: None, lambda: None, interval_s=3600)
-    with TestClient(create_app(holder=empty)) as client:
+    with TestClient(create_app(follower=empty)) as client:
         r = client.get("/healthz")
         assert r.status_code == 503 and r.json()["status"] == "no_model"
         assert client.get("/livez").status_code == 200
@@ -260,7 +260,7 @@ def test_serve_uses_the_recipe_limits(monkeypatch):
     from gamesense.cli import engagement as engagement_cli
 
     seen = {}
-    monkeypatch.setattr("gamesense.serving.app.create_app", lambda *a, **kw: seen.update(kw) or object())
+    monkeypatch.setattr("gamesense.serving.engagement.api.create_app", lambda *a, **kw: seen.update(kw) or object())
     monkeypatch.setattr("uvicorn.run", lambda *a, **kw: None)
     engagement_cli.serve(host="127.0.0.1", port=0, recipe="engagement", set_=["serving.max_batch=7"],
                          reload_interval=None, log_level="warning")  # fmt: skip
@@ -288,7 +288,7 @@ def test_bad_files_give_one_line_and_exit_2(env, args, words):
 def test_debug_shows_the_traceback_and_unexpected_errors_are_one_line_too(env, monkeypatch):
     res = invoke("--debug", "engagement", "predict", "--input", str(env / "empty.csv"), "--output", str(env / "o.csv"))
     assert res.exit_code != 0 and isinstance(res.exception, task.SchemaError)
-    monkeypatch.setattr("gamesense.monitoring.drift.simulate_drift", lambda *a, **k: 1 / 0)
+    monkeypatch.setattr("gamesense.monitoring.engagement.simulate_drift", lambda *a, **k: 1 / 0)
     res = invoke("engagement", "simulate-drift", "--input", str(env / "batch.csv"), "--output", str(env / "d.csv"))
     assert res.exit_code == 2 and "internal error (ZeroDivisionError)" in res.output and "Traceback" not in res.output
 

@@ -112,7 +112,7 @@ PLAYER = {"PlayerID": 1, "Age": 30, "Gender": "Male", "Location": "USA", "GameGe
 
 
 def test_api_predicts_rejects_bad_input_and_hot_reloads_after_promotion(env):
-    from gamesense.serving.app import create_app
+    from gamesense.serving.engagement.api import create_app
 
     app = create_app(reload_interval_s=0.2)
     with TestClient(app) as client:
@@ -156,7 +156,7 @@ def test_api_predicts_rejects_bad_input_and_hot_reloads_after_promotion(env):
 def test_api_through_uvicorn_on_localhost(env):
     import httpx
 
-    from gamesense.serving.app import create_app
+    from gamesense.serving.engagement.api import create_app
 
     with served_on_localhost(create_app(), start_timeout_s=20) as url, httpx.Client(base_url=url, timeout=10) as client:
         assert client.get("/healthz").json()["status"] == "ok"

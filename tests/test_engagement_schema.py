@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from gamesense.serving.tabular import FastPredictor
+from gamesense.serving.engagement.predictor import FastPredictor
 from gamesense.tasks import engagement as task
 
 DATA = Path(__file__).resolve().parents[1].parent / "shared" / "datasets" / "engagement" / "online_gaming_behavior.csv"

@@ -6,7 +6,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from gamesense.evaluation.generation import generate_batch, stop_token_ids
+from gamesense.config import GenerationSection
+from gamesense.evaluation.generation import generate_batch
+from gamesense.models.decoding import stop_token_ids
 
 PROMPTS = [[{"role": "user", "content": text}] for text in
            ("Is Portal 2 any good?", "hi", "Tell me about the release year of SpellForce 3, please.", "ok")]  # fmt: skip
@@ -38,7 +40,7 @@ def reference(model, tokenizer, prompt, max_new_tokens, stop_ids) -> str:
 
 def test_matches_transformers_greedy_generate_and_drops_finished_rows(chatty_model):
     model, tokenizer = chatty_model
-    free = generate_batch(model, tokenizer, PROMPTS, max_new_tokens=12, batch_size=4, progress=False)
+    free = generate_batch(model, tokenizer, PROMPTS, GenerationSection(max_new_tokens=12, batch_size=4), progress=False)
     for prompt, text in zip(PROMPTS, free.texts):
         assert text == reference(model, tokenizer, prompt, 12, [tokenizer.eos_token_id])
     # a character that ends row 0 mid-way but never appears in row 1, which therefore runs to the cap
@@ -46,7 +48,7 @@ def test_matches_transformers_greedy_generate_and_drops_finished_rows(chatty_mod
     batch_sizes: list[int] = []
     hook = model.model.register_forward_pre_hook(lambda m, args, kw: batch_sizes.append(kw["input_ids"].shape[0]),
                                                  with_kwargs=True)  # fmt: skip
-    cut = generate_batch(model, tokenizer, PROMPTS, max_new_tokens=12, batch_size=4, stop_strings=[stop], progress=False)
+    cut = generate_batch(model, tokenizer, PROMPTS, GenerationSection(max_new_tokens=12, batch_size=4), [stop], progress=False)
     hook.remove()
     stop_ids = stop_token_ids(tokenizer, [stop])
     for prompt, text in zip(PROMPTS, cut.texts):
@@ -58,18 +60,18 @@ def test_matches_transformers_greedy_generate_and_drops_finished_rows(chatty_mod
 
 def test_long_stop_strings_cut_the_text(chatty_model):
     model, tokenizer = chatty_model
-    free = generate_batch(model, tokenizer, PROMPTS[:1], max_new_tokens=10, progress=False)
+    free = generate_batch(model, tokenizer, PROMPTS[:1], GenerationSection(max_new_tokens=10, batch_size=32), progress=False)
     stop = free.texts[0][3:5]
-    cut = generate_batch(model, tokenizer, PROMPTS[:1], max_new_tokens=10, stop_strings=[stop], progress=False)
+    cut = generate_batch(model, tokenizer, PROMPTS[:1], GenerationSection(max_new_tokens=10, batch_size=32), [stop], progress=False)
     assert len(stop) == 2 and cut.texts[0] == free.texts[0].split(stop)[0]
     assert cut.generated_tokens < free.generated_tokens
 
 
 def test_repetition_penalty_matches_transformers_and_changes_the_output(chatty_model):
     model, tokenizer = chatty_model
-    plain = generate_batch(model, tokenizer, PROMPTS, max_new_tokens=16, batch_size=4, progress=False)
-    penalized = generate_batch(model, tokenizer, PROMPTS, max_new_tokens=16, batch_size=4, progress=False,
-                               repetition_penalty=1.5)  # fmt: skip
+    plain = generate_batch(model, tokenizer, PROMPTS, GenerationSection(max_new_tokens=16, batch_size=4), progress=False)
+    penalized = generate_batch(model, tokenizer, PROMPTS, GenerationSection(max_new_tokens=16, batch_size=4,
+                                                                            repetition_penalty=1.5), progress=False)  # fmt: skip
     for prompt, text in zip(PROMPTS, penalized.texts):
         ids = tokenizer.apply_chat_template(prompt, tokenize=True, add_generation_prompt=True, return_dict=True,
                                             return_tensors="pt")  # fmt: skip

@@ -9,10 +9,12 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from gamesense.config import LLMRecipe, load_recipe
+from gamesense.config import load_recipe
+from gamesense.training.recipe import LLMRecipe
 from gamesense.tasks import get_task
 from gamesense.tasks.base import DataError
-from gamesense.tasks.guide_qa.task import GuideQATask, load_pairs, parse_verdict, rouge_l
+from gamesense.tasks.guide_qa.prompts import parse_verdict
+from gamesense.tasks.guide_qa.task import GuideQATask, load_pairs, rouge_l
 
 FACTS = [("What does Elbereth do?", "Engraving Elbereth scares most monsters away."),
          ("How do you pray?", "Use the #pray command when your god is not angry."),
@@ -69,8 +71,12 @@ def test_metrics_and_verdicts():
     worse = task.compute_metrics(["Scares monsters.", "", "", "", ""], records)
     assert 0 < worse["rouge_l"] < 0.2 and worse["empty_answers"] == 0.8
     assert rouge_l("monsters are scared by engraving Elbereth", FACTS[0][1]) < rouge_l(FACTS[0][1], FACTS[0][1])
-    assert parse_verdict("CORRECT.") is True and parse_verdict("incorrect") is False
-    assert parse_verdict("The answer is Incorrect, not correct") is False and parse_verdict("maybe") is None
+    def verdict(text):  # the judge's words, as GuideQATask.judge reads them
+        return parse_verdict(text, "CORRECT", "INCORRECT", endings=())
+
+    assert verdict("CORRECT.") is True and verdict("incorrect") is False
+    assert verdict("The answer is Incorrect, not correct") is False and verdict("maybe") is None
+    assert verdict("corrected") is None
 
 
 @pytest.mark.slow
@@ -106,7 +112,7 @@ def tiny_teacher(tiny_model_dir, tmp_path_factory):
     """``gamesense serve llm`` over the tiny random model on 127.0.0.1: the base URL of its OpenAI API."""
     from support import isolated_workdir, served_on_localhost
 
-    from gamesense.serving.openai_api import create_app
+    from gamesense.serving.llm.api import create_app
 
     with isolated_workdir(tmp_path_factory.mktemp("teacher")):
         app = create_app(str(tiny_model_dir), models=[], dtype="float32", max_batch=8)

@@ -11,7 +11,8 @@ import yaml
 from typer.testing import CliRunner
 
 from gamesense.cli import app
-from gamesense.config import LLMRecipe, load_recipe
+from gamesense.config import load_recipe
+from gamesense.training.recipe import LLMRecipe
 
 
 def tiny_recipe(tiny_model_dir, viggo_dir, tmp_path, *overrides: str) -> LLMRecipe:
@@ -32,10 +33,10 @@ def write_recipe(recipe: LLMRecipe, path: Path) -> Path:
 def test_pipeline_without_zenml_registers_and_logs(workdir, tiny_model_dir, viggo_dir, tmp_path):
     import mlflow
 
-    from gamesense.pipelines.llm_steps import run_local
+    from gamesense.pipelines.llm_run import run_local
 
     out = run_local(tiny_recipe(tiny_model_dir, viggo_dir, tmp_path))
-    assert out.data.counts["train_rows"] == 24 and out.data.counts["eval_rows"] == 8
+    assert out.run.data.counts["train_rows"] == 24 and out.run.data.counts["eval_rows"] == 8
     [sft] = out.trained.results
     assert sft.stage == "sft" and sft.metrics["train_steps"] == 2
     # a random model scores 0 exact match, like the (random) base: not better -> challenger
@@ -43,14 +44,14 @@ def test_pipeline_without_zenml_registers_and_logs(workdir, tiny_model_dir, vigg
     assert promo["version"] == "1" and promo["alias"] == "challenger" and not promo["promoted"]
     assert "does not beat base model" in promo["reason"]
     client = mlflow.MlflowClient()
-    parent = mlflow.get_run(out.data.run_id)
+    parent = mlflow.get_run(out.run.run_id)
     assert parent.data.tags["promotion.alias"] == "challenger"
     assert {"base_exact_match", "finetuned_exact_match", "finetuned_slot_f1", "sft_train_tokens_per_s",
             "sft_exact_match"} <= set(parent.data.metrics)  # fmt: skip
-    assert {a.path for a in client.list_artifacts(out.data.run_id)} >= {"recipe.yaml", "promotion.json", "predictions", "data"}
+    assert {a.path for a in client.list_artifacts(out.run.run_id)} >= {"recipe.yaml", "promotion.json", "predictions", "data"}
     # one nested run per stage, holding the stage's settings, curve, adapter and evaluation
     [nested] = mlflow.search_runs(experiment_names=["gamesense-viggo"], output_format="list",
-                                  filter_string=f"tags.mlflow.parentRunId = '{out.data.run_id}'")  # fmt: skip
+                                  filter_string=f"tags.mlflow.parentRunId = '{out.run.run_id}'")  # fmt: skip
     assert nested.info.run_name == "sft" and nested.data.params["sft.max_steps"] == "2"
     assert {"train_loss", "exact_match", "slot_f1"} <= set(nested.data.metrics)
     nested_files = {a.path for a in client.list_artifacts(nested.info.run_id)}
@@ -58,7 +59,7 @@ def test_pipeline_without_zenml_registers_and_logs(workdir, tiny_model_dir, vigg
     adapter_files = {a.path for a in client.list_artifacts(nested.info.run_id, "adapter")}
     assert {"adapter/adapter_config.json", "adapter/adapter_model.safetensors"} <= adapter_files
     assert client.get_model_version("gamesense-viggo", "1").run_id == nested.info.run_id
-    preds = (Path(out.data.run_dir) / "sft" / "predictions.jsonl").read_text().splitlines()
+    preds = (Path(out.run.run_dir) / "sft" / "predictions.jsonl").read_text().splitlines()
     assert len(preds) == 8 and {"line", "input", "reference", "prediction", "exact_match"} <= set(json.loads(preds[0]))
     audit = [json.loads(line) for line in (workdir / "promotions.jsonl").read_text().splitlines()]
     assert [(a["model_name"], a["version"], a["alias"]) for a in audit] == [("gamesense-viggo", "1", "challenger")]
@@ -66,17 +67,18 @@ def test_pipeline_without_zenml_registers_and_logs(workdir, tiny_model_dir, vigg
 
 def test_stage_resumes_from_its_checkpoint(workdir, tiny_model_dir, viggo_dir, tmp_path):
     from gamesense.tasks import get_task
-    from gamesense.training.stages import StageInputs, stage_records, train_stage
+    from gamesense.training.methods.base import StageInputs, build_records
+    from gamesense.training.stage import run_stage
 
     recipe = tiny_recipe(tiny_model_dir, viggo_dir, tmp_path)
     task = get_task("viggo", recipe.task_options)
-    records = stage_records("sft", task, task.load(viggo_dir / "train.csv", 24).examples)
+    records = build_records("sft", task, task.load(viggo_dir / "train.csv", 24).examples)
     inputs = StageInputs(recipe=recipe, task=task, train_records=records, stage_dir=tmp_path / "sft", show_progress=False)
-    first = train_stage("sft", inputs)
+    first = run_stage("sft", inputs)
     assert (tmp_path / "sft" / "checkpoints" / "checkpoint-2").is_dir()
     recipe.sft = {**recipe.sft, "max_steps": 4}
     inputs.resume = True
-    resumed = train_stage("sft", inputs)
+    resumed = run_stage("sft", inputs)
     assert resumed.metrics["train_steps"] == 4 and resumed.metrics["resumed_from_step"] == 2
     steps_logged = [r["step"] for r in resumed.log_history if "loss" in r]
     assert steps_logged == [1, 2, 3, 4], "a resumed run keeps the history and does not redo steps 1-2"
@@ -86,21 +88,21 @@ def test_stage_resumes_from_its_checkpoint(workdir, tiny_model_dir, viggo_dir, t
 
 def test_resume_continues_the_interrupted_run(workdir, tiny_model_dir, viggo_dir, tmp_path):
     """--resume reopens the same MLflow run and continues the stage that did not finish."""
-    from gamesense.pipelines.llm_steps import run_local
+    from gamesense.pipelines.llm_run import run_local
 
     first = run_local(tiny_recipe(tiny_model_dir, viggo_dir, tmp_path))
-    run_dir = Path(first.data.run_dir)
+    run_dir = Path(first.run.run_dir)
     # simulate a run killed during its sft stage: no stage result, not finished
     (run_dir / "sft" / "result.json").unlink()
     state = json.loads((workdir / "runs" / "viggo" / "last_run.json").read_text())
     (workdir / "runs" / "viggo" / "last_run.json").write_text(json.dumps({**state, "finished": False}))
     resumed = run_local(tiny_recipe(tiny_model_dir, viggo_dir, tmp_path, "sft.max_steps=3"), resume=True)
-    assert resumed.data.run_id == first.data.run_id and resumed.data.resumed
+    assert resumed.run.run_id == first.run.run_id and resumed.run.resumed
     [sft] = resumed.trained.results
     assert sft.metrics["resumed_from_step"] == 2 and sft.metrics["train_steps"] == 3
     # a finished run is not resumed: a new one starts
     fresh = run_local(tiny_recipe(tiny_model_dir, viggo_dir, tmp_path), resume=True)
-    assert fresh.data.run_id != first.data.run_id and not fresh.data.resumed
+    assert fresh.run.run_id != first.run.run_id and not fresh.run.resumed
 
 
 def test_completion_only_loss_keeps_eos(tiny_model_dir, viggo_dir, tmp_path):
@@ -141,7 +143,7 @@ def test_finetune_cli_with_zenml(workdir, tiny_model_dir, viggo_dir, tmp_path, m
 
     last_run = Client().get_pipeline("llm_pipeline").last_run
     assert str(last_run.status).endswith("completed") and set(last_run.steps) == {
-        "prepare_data", "evaluate_base", "train_sft", "evaluate_sft", "promote"}
+        "evaluate_base", "train_sft", "evaluate_sft", "promote"}
 
     models = CliRunner().invoke(app, ["models", "list"])
     assert models.exit_code == 0 and "gamesense-viggo" in models.output and "challenger" in models.output
@@ -208,7 +210,7 @@ def test_completion_loss_equals_model_loss(tiny_model_dir):
     import torch
 
     from gamesense.models.base import load_base_model
-    from gamesense.training.sft import completion_loss
+    from gamesense.training.methods.sft import completion_loss
 
     model = load_base_model(str(tiny_model_dir))
     torch.manual_seed(0)
@@ -258,17 +260,17 @@ def test_multi_process_launch_trains_on_all_ranks_and_registers_once(workdir, ti
 def test_bad_rows_are_reported_counted_and_skipped(workdir, tiny_model_dir, viggo_dir, tmp_path):
     import mlflow
 
-    from gamesense.pipelines.llm_steps import prepare_data
+    from gamesense.pipelines.llm_run import LLMRun
 
     lines = (viggo_dir / "train.csv").read_text().splitlines()[:11]  # header + 10 rows
     lines += ['"inform(name[Portal 2], rating[good]","Portal 2 is good."', '"inform(name[Portal 2])",""']
     train = tmp_path / "train_with_bad_rows.csv"
     train.write_text("\n".join(lines) + "\n")
     recipe = tiny_recipe(tiny_model_dir, viggo_dir, tmp_path, f"data.train_file={train}", "data.max_train_rows=null")
-    data = prepare_data(recipe)
-    assert (data.counts["train_rows"], data.counts["train_skipped_rows"]) == (10, 2)
-    assert len(data.train["sft"]) == 10
-    run = mlflow.get_run(data.run_id)
+    started = LLMRun.start(recipe)
+    assert (started.data.counts["train_rows"], started.data.counts["train_skipped_rows"]) == (10, 2)
+    assert len(started.data.train["sft"]) == 10
+    run = mlflow.get_run(started.run_id)
     assert run.data.metrics["train_skipped_rows"] == 2
     skipped = mlflow.artifacts.load_dict(f"{run.info.artifact_uri}/data/skipped_rows.json")
     assert [line for line, _ in skipped["train"]] == [12, 13]
@@ -277,30 +279,32 @@ def test_bad_rows_are_reported_counted_and_skipped(workdir, tiny_model_dir, vigg
 def test_compiled_layers_train_like_eager_ones(workdir, tiny_model_dir, viggo_dir, tmp_path):
     """Regional torch.compile of the decoder layers changes the speed, not the arithmetic (fp32 here)."""
     from gamesense.tasks import get_task
-    from gamesense.training.stages import StageInputs, stage_records, train_stage
+    from gamesense.training.methods.base import StageInputs, build_records
+    from gamesense.training.stage import run_stage
 
     losses = {}
     for compiled in (False, True):
         recipe = tiny_recipe(tiny_model_dir, viggo_dir, tmp_path, f"runtime.compile={str(compiled).lower()}",
                              "sft.bf16=false", "model.dtype=float32")  # fmt: skip
         task = get_task("viggo", recipe.task_options)
-        records = stage_records("sft", task, task.load(viggo_dir / "train.csv", 24).examples)
-        result = train_stage("sft", StageInputs(recipe=recipe, task=task, train_records=records,
-                                                stage_dir=tmp_path / f"c{compiled}", show_progress=False))  # fmt: skip
+        records = build_records("sft", task, task.load(viggo_dir / "train.csv", 24).examples)
+        result = run_stage("sft", StageInputs(recipe=recipe, task=task, train_records=records,
+                                              stage_dir=tmp_path / f"c{compiled}", show_progress=False))  # fmt: skip
         losses[compiled] = [r["loss"] for r in result.log_history if "loss" in r]
     assert losses[True] == pytest.approx(losses[False], rel=1e-4)
 
 
 def test_sample_packing_trains_and_counts_tokens(workdir, tiny_model_dir, viggo_dir, tmp_path):
     from gamesense.tasks import get_task
-    from gamesense.training.stages import StageInputs, stage_records, train_stage
+    from gamesense.training.methods.base import StageInputs, build_records
+    from gamesense.training.stage import run_stage
 
     recipe = tiny_recipe(tiny_model_dir, viggo_dir, tmp_path, "sft.packing=true", "sft.max_length=512",
                          "sft.train_sampling_strategy=random")  # fmt: skip
     task = get_task("viggo", recipe.task_options)
-    records = stage_records("sft", task, task.load(viggo_dir / "train.csv", 24).examples)
-    result = train_stage("sft", StageInputs(recipe=recipe, task=task, train_records=records,
-                                            stage_dir=tmp_path / "packed", show_progress=False))  # fmt: skip
+    records = build_records("sft", task, task.load(viggo_dir / "train.csv", 24).examples)
+    result = run_stage("sft", StageInputs(recipe=recipe, task=task, train_records=records,
+                                          stage_dir=tmp_path / "packed", show_progress=False))  # fmt: skip
     assert result.metrics["train_steps"] == 2
     assert result.metrics["train_tokens"] > 0
     assert (Path(result.adapter_dir) / "adapter_model.safetensors").is_file()

@@ -19,7 +19,7 @@ import pytest
 from support import isolated_workdir, served_on_localhost
 from typer.testing import CliRunner
 
-from gamesense.serving.llm_engine import held_back
+from gamesense.serving.llm.requests import held_back
 
 ALPHA, BETA, FOREIGN = "gamesense-alpha", "gamesense-beta", "gamesense-foreign"
 FIXED = {"ignore_eos": True}  # fixed-length answers: a random model may emit EOS at any step
@@ -61,7 +61,7 @@ def registry(tmp_path_factory, tiny_model_dir):
 
 
 def start(tiny_model_dir, **kwargs):
-    from gamesense.serving.openai_api import create_app
+    from gamesense.serving.llm.api import create_app
 
     options = {"models": [ALPHA, BETA, FOREIGN], "dtype": "float32", "batch_wait_ms": 200, "alias_ttl_s": 0.3} | kwargs
     return create_app(str(tiny_model_dir), **options)
@@ -90,7 +90,7 @@ def test_models_list_has_base_every_served_model_and_alias(server):
 
 
 def test_default_discovery_serves_task_models_on_this_base_only(registry, tiny_model_dir):
-    from gamesense.serving.llm_engine import ModelResolver
+    from gamesense.serving.llm.resolver import ModelResolver
 
     with isolated_workdir(registry):
         served = ModelResolver(str(tiny_model_dir), None, 5.0, registry / "cache").served()

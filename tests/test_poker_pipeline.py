@@ -10,7 +10,8 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from gamesense.config import LLMRecipe, load_recipe
+from gamesense.config import load_recipe
+from gamesense.training.recipe import LLMRecipe
 from gamesense.tasks import get_task
 from gamesense.tasks.poker import PokerTask, SpotLabel, load_pokerbench
 
@@ -61,7 +62,7 @@ def test_folder_loads_both_files_and_names_the_file_of_a_bad_row(small_pokerbenc
 
 def test_records_carry_what_scoring_and_rewards_need(pokerbench_dir):
     task = get_task("poker", load_recipe("poker", LLMRecipe).task_options)
-    assert isinstance(task, PokerTask) and task.gate_metric == "aa"
+    assert isinstance(task, PokerTask) and task.gate_metric == "action_accuracy"
     spots = load_pokerbench(pokerbench_dir / "postflop.csv", max_rows=20).examples
     sft = task.sft_records(spots)
     assert sft[0]["completion"] == [{"role": "assistant", "content": spots[0].label}]
@@ -73,10 +74,10 @@ def test_records_carry_what_scoring_and_rewards_need(pokerbench_dir):
     evals = task.eval_records(spots)
     predictions = [r["reference"] for r in evals]
     metrics = task.compute_metrics(predictions, evals)
-    assert metrics["aa"] == metrics["em"] == 1.0 and metrics["illegal_action_rate"] == 0.0
-    assert "preflop_aa" not in metrics  # no preflop rows: no preflop scores instead of NaN
+    assert metrics["action_accuracy"] == metrics["exact_match"] == 1.0 and metrics["illegal_action_rate"] == 0.0
+    assert "preflop_action_accuracy" not in metrics  # no preflop rows: no preflop scores instead of NaN
     assert SpotLabel.from_record(evals[0]).label_action == spots[0].label_action
-    assert task.row_scores("fold", evals[0])["aa"] == float(spots[0].label == "fold")
+    assert task.row_scores("fold", evals[0])["action_accuracy"] == float(spots[0].label == "fold")
 
 
 def test_validation_slice_is_held_back_from_training(pokerbench_dir):
@@ -118,17 +119,17 @@ def test_poker_recipe_sft_reward_grpo_end_to_end(workdir, tiny_model_dir, small_
     assert result.exit_code == 0, result.output
     header = next(line for line in result.output.splitlines() if "metric" in line and "base" in line)
     assert "+sft" in header and "+grpo" in header and "+reward" not in header
-    for metric in ("aa", "em", "preflop_aa", "postflop_aa", "illegal_action_rate", "reference_aa"):
+    for metric in ("action_accuracy", "exact_match", "preflop_action_accuracy", "postflop_action_accuracy", "illegal_action_rate", "reference_action_accuracy"):
         assert f" {metric} " in result.output
     assert "pairwise accuracy" in result.output and "set-aside rows: train 1" in result.output
     run_dir = next((workdir / "runs" / "poker").glob("*/grpo"))
     assert (run_dir / "confusion_matrix.png").is_file() and (run_dir / "predictions.jsonl").is_file()
     predictions = [json.loads(line) for line in (run_dir / "predictions.jsonl").read_text().splitlines()]
-    assert len(predictions) == 12 and {"kind", "line", "label", "aa", "em", "legal"} <= set(predictions[0])
+    assert len(predictions) == 12 and {"kind", "line", "label", "action_accuracy", "exact_match", "legal"} <= set(predictions[0])
     setup_tracking()
     alias = "champion" if "-> champion" in result.output else "challenger"
     version = get_version_by_alias("gamesense-poker", alias)
-    assert version.tags["task"] == "poker" and version.tags["gate_metric"] == "aa" and version.tags["stages"] == "sft,reward,grpo"
+    assert version.tags["task"] == "poker" and version.tags["gate_metric"] == "action_accuracy" and version.tags["stages"] == "sft,reward,grpo"
 
     from gamesense.cli import app
 
@@ -137,7 +138,7 @@ def test_poker_recipe_sft_reward_grpo_end_to_end(workdir, tiny_model_dir, small_
         "evaluate", "--model", f"models:/gamesense-poker@{alias}", "--data", str(small_pokerbench / "preflop.csv"),
         "--output", str(out), "--set", f"model.base={tiny_model_dir}", "--set", "model.dtype=float32"])  # fmt: skip
     assert evaluation.exit_code == 0, evaluation.output
-    assert " preflop_aa " in evaluation.output and " postflop_aa " not in evaluation.output
+    assert " preflop_action_accuracy " in evaluation.output and " postflop_action_accuracy " not in evaluation.output
     assert len(out.read_text().splitlines()) == 30
 
 

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from gamesense.plots import plot_confusion_matrix
 from gamesense.tasks import poker
 from gamesense.tasks.poker import (
     Action,
@@ -217,8 +218,8 @@ def test_real_files_load_completely():
     assert {s.street for s in post.examples} == {"flop", "turn", "river"}
     spots = pre.examples + post.examples
     assert all(s.label in s.available_moves for s in spots)
-    assert compute_metrics([answer_text(s) for s in spots], spots)["em"] == 1.0
-    assert compute_metrics([poker.reference_label(s) for s in spots], spots)["reference_em"] == 1.0
+    assert compute_metrics([answer_text(s) for s in spots], spots)["exact_match"] == 1.0
+    assert compute_metrics([poker.reference_label(s) for s in spots], spots)["reference_exact_match"] == 1.0
     train, validation = poker.validation_split(spots, fraction=0.1, seed=0)
     assert len(train) + len(validation) == len(spots) and len(validation) == 880
 
@@ -287,7 +288,7 @@ def test_row_scores_follow_the_pokerbench_rules(preflop_spots, postflop_spots):
 
     def scores(text: str) -> tuple:
         row = row_scores(text, raise_spot)
-        return row["score"], row["em"], row["aa"], row["valid"], row["legal"], row["predicted"]
+        return row["score"], row["exact_match"], row["action_accuracy"], row["valid"], row["legal"], row["predicted"]
 
     assert scores("Raise 9") == (1.0, 1, 1, True, True, "raise 9")
     assert scores("raise to 12") == (0.5, 0, 1, True, False, "raise 12")  # right action, wrong size
@@ -321,9 +322,9 @@ def test_compute_metrics_by_file_and_pooled(preflop_spots, postflop_spots):
     ]
     m = compute_metrics(predictions, spots)
     assert m["preflop_n"] == 3 and m["postflop_n"] == 3 and m["n"] == 6
-    assert m["preflop_aa"] == pytest.approx(2 / 3) and m["preflop_em"] == pytest.approx(1 / 3)
-    assert m["postflop_aa"] == pytest.approx(2 / 3) and m["postflop_em"] == pytest.approx(1 / 3)
-    assert m["aa"] == pytest.approx(4 / 6) and m["em"] == pytest.approx(2 / 6)
+    assert m["preflop_action_accuracy"] == pytest.approx(2 / 3) and m["preflop_exact_match"] == pytest.approx(1 / 3)
+    assert m["postflop_action_accuracy"] == pytest.approx(2 / 3) and m["postflop_exact_match"] == pytest.approx(1 / 3)
+    assert m["action_accuracy"] == pytest.approx(4 / 6) and m["exact_match"] == pytest.approx(2 / 6)
     assert m["score"] == pytest.approx(3 / 6)
     assert m["preflop_illegal_action_rate"] == pytest.approx(2 / 3)
     assert m["postflop_illegal_action_rate"] == pytest.approx(1 / 3)
@@ -332,7 +333,7 @@ def test_compute_metrics_by_file_and_pooled(preflop_spots, postflop_spots):
     with pytest.raises(ValueError):
         compute_metrics(["call"], spots)
     only_pre = compute_metrics(["call"], preflop_spots[:1])
-    assert only_pre["postflop_n"] == 0 and math.isnan(only_pre["postflop_aa"]) and only_pre["aa"] == 1.0
+    assert only_pre["postflop_n"] == 0 and math.isnan(only_pre["postflop_action_accuracy"]) and only_pre["action_accuracy"] == 1.0
 
 
 def test_reference_scorer_keeps_the_authors_substring_quirks():
@@ -356,7 +357,7 @@ def test_action_confusion_and_plot(tmp_path, preflop_spots, postflop_spots):
     assert matrix[index("call"), index("call")] == 1
     assert matrix[index("all-in"), index("invalid")] == 1
     assert matrix[index("fold"), index("check")] == 1
-    png = poker.plot_confusion(labels, matrix, tmp_path / "plots" / "confusion.png")
+    png = plot_confusion_matrix(matrix, labels, tmp_path / "plots" / "confusion.png")
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
@@ -409,5 +410,8 @@ def test_validation_split_is_deterministic_and_stratified(preflop_spots, postflo
 
 
 def test_module_doctests():
-    result = doctest.testmod(poker, optionflags=doctest.ELLIPSIS)
-    assert result.attempted >= 8 and result.failed == 0
+    from gamesense.tasks.poker import actions, metrics, pokerbench, prompts, rewards
+
+    results = [doctest.testmod(module, optionflags=doctest.ELLIPSIS) for module in (actions, metrics, pokerbench,
+                                                                                     prompts, rewards)]  # fmt: skip
+    assert sum(r.attempted for r in results) >= 8 and sum(r.failed for r in results) == 0

@@ -19,8 +19,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from pydantic import ValidationError
 
-from gamesense.serving.app import MAX_ECHO_CHARS, PlayerFeatures, create_app, predict_request_model, safe_validation_errors
-from gamesense.serving.holder import AliasFollower
+from gamesense.serving.engagement.api import MAX_ECHO_CHARS, PlayerFeatures, create_app, predict_request_model, safe_validation_errors
+from gamesense.serving.alias_follower import AliasFollower
 from gamesense.tasks import engagement as task
 from gamesense.tasks.viggo import ATTRIBUTES, DIALOGUE_ACTS, MeaningRepresentation, MRParseError, parse_mr
 
@@ -96,8 +96,8 @@ class _ConstantModel:
 
 @pytest.fixture(scope="module")
 def stub_client():
-    holder = AliasFollower(lambda version: _ConstantModel(), lambda: "1", interval_s=3600)
-    with TestClient(create_app(holder=holder, max_batch=20, max_body_bytes=64 * 1024), raise_server_exceptions=False) as client:
+    follower = AliasFollower(lambda version: _ConstantModel(), lambda: "1", interval_s=3600)
+    with TestClient(create_app(follower=follower, max_batch=20, max_body_bytes=64 * 1024), raise_server_exceptions=False) as client:
         yield client
 
 

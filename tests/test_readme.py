@@ -5,7 +5,8 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from gamesense.config import LLMRecipe, load_recipe, recipe_rows, rows_to_markdown
+from gamesense.config import load_recipe, rows_to_markdown
+from gamesense.training.recipe import LLMRecipe, llm_recipe_rows
 from gamesense.tasks import get_task
 
 README = Path(__file__).resolve().parents[1] / "README.md"
@@ -14,7 +15,7 @@ README = Path(__file__).resolve().parents[1] / "README.md"
 def viggo_rows() -> list[tuple[str, str, str]]:
     recipe = load_recipe("viggo", LLMRecipe)
     options = get_task(recipe.task, recipe.task_options).Options
-    return recipe_rows("viggo", LLMRecipe, sections={"task_options": options})
+    return llm_recipe_rows("viggo", options)
 
 
 def test_readme_recipe_table_matches_the_recipe_file():

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from gamesense.config import LLMRecipe, RecipeError, load_recipe, read_recipe
+from gamesense.config import RecipeError, load_recipe, read_recipe
+from gamesense.training.recipe import LLMRecipe
 
 
 def test_quality_recipe_extends_the_default_one(tmp_path):

@@ -99,12 +99,12 @@ import torch
 import torch.distributed as dist
 sys.path.insert(0, sys.argv[1])
 from test_task_plugin import parity_recipe  # registers the parity-test task
-import gamesense.training.stages as stages
-from gamesense.pipelines.llm_steps import run_local
+import gamesense.training.stage as stage
+from gamesense.pipelines.llm_run import run_local
 
 trainers = []
-build_trainer = stages.build_trainer
-stages.build_trainer = lambda *a: trainers.append(build_trainer(*a)) or trainers[-1]
+build_trainer = stage.build_trainer
+stage.build_trainer = lambda *a: trainers.append(build_trainer(*a)) or trainers[-1]
 recipe = parity_recipe(sys.argv[2], sys.argv[3], ["sft"])
 recipe = recipe.model_copy(update={"sft": {**recipe.sft, "max_steps": 2, "per_device_train_batch_size": 2}})
 out = run_local(recipe)
@@ -167,7 +167,7 @@ def test_reward_model_loads_whole_while_a_zero3_config_is_registered(tiny_model_
     from transformers.integrations import deepspeed as hf_deepspeed
 
     from gamesense.models.base import whole_weights
-    from gamesense.training.stages import load_reward_model
+    from gamesense.training.methods.reward import load_reward_model
 
     registered = _FakeZero3Config()
     monkeypatch.setattr(hf_deepspeed, "_hf_deepspeed_config_weak_ref", __import__("weakref").ref(registered))

@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from gamesense.config import LLMRecipe, RecipeError, load_recipe
+from gamesense.config import RecipeError, load_recipe
+from gamesense.training.recipe import LLMRecipe
 from gamesense.tasks import get_task
 from gamesense.tasks.snake.game import Move
 from gamesense.tasks.snake.task import game_metrics, parse_move, play_games
@@ -84,13 +85,14 @@ def test_model_policy_scores_single_token_moves_like_full_log_probabilities(tiny
     """The one-forward-pass path (left-padded, last position only) ranks moves as the full scoring does."""
     import torch
 
+    from gamesense.config import GenerationSection
     from gamesense.evaluation.policy import ModelPolicy
     from gamesense.models.refs import load_for_inference
     from gamesense.tasks.snake.game import SnakeEnv
     from gamesense.tasks.snake.task import board_prompt
 
     model = load_for_inference(str(tiny_model_dir), dtype="float32")
-    policy = ModelPolicy(model, "tiny", batch_size=3)
+    policy = ModelPolicy(model, "tiny", GenerationSection(max_new_tokens=4, batch_size=3))
     prompts = []
     for grid, seed in [(6, 0), (8, 1), (10, 2), (12, 3)]:  # different lengths: padding matters
         env = SnakeEnv(grid)

@@ -64,8 +64,8 @@ def test_finetune_killed_with_sigkill_is_not_left_running(workdir, tiny_model_di
     setup_tracking()
     assert mlflow.get_run(stage_id).info.status == "RUNNING"  # what the killed process left behind
 
-    from gamesense.pipelines.llm_steps import prepare_data
+    from gamesense.pipelines.llm_run import LLMRun
 
-    prepare_data(tiny_recipe(tiny_model_dir, viggo_dir, tmp_path))  # the next fine-tune starts
+    LLMRun.start(tiny_recipe(tiny_model_dir, viggo_dir, tmp_path))  # the next fine-tune starts
     assert mlflow.get_run(stage_id).info.status == "KILLED"
     assert mlflow.get_run(parent_id).info.status == "KILLED"

@@ -1,5 +1,6 @@
 """A task defined only here, in the test suite, runs through every generic layer with no change outside
-this file: SFT, static evaluation and the promotion gate; then the reward-model, GRPO and DPO stages."""
+this file: SFT, static evaluation and the promotion gate; then the reward-model, GRPO and DPO stages, and a
+training method defined here too (KTO)."""
 
 from __future__ import annotations
 
@@ -11,9 +12,10 @@ from pathlib import Path
 import pytest
 from pydantic import Field
 
-from gamesense.config import LLMRecipe
+from gamesense.training.recipe import LLMRecipe
 from gamesense.tasks import get_task, register_task
 from gamesense.tasks.base import DataError, LoadReport, Record, Task, TaskOptions
+from gamesense.training.methods.base import TrainingMethod
 
 
 @dataclass(frozen=True)
@@ -123,14 +125,14 @@ def test_task_is_found_by_name_and_validates_its_options():
 
 def test_sft_static_evaluation_and_promotion_gate(workdir, tiny_model_dir, parity_file):
     """A task from outside the package: trained, evaluated against its base, registered and gated."""
-    from gamesense.pipelines.llm_steps import run_local
+    from gamesense.pipelines.llm_run import run_local
     from gamesense.registry.mlflow_store import get_version_by_alias, setup_tracking
 
     out = run_local(parity_recipe(tiny_model_dir, parity_file, ["sft"]))
-    assert out.data.counts == {"train_rows": 8, "train_skipped_rows": 1, "eval_rows": 8, "eval_skipped_rows": 1}
+    assert out.run.data.counts == {"train_rows": 8, "train_skipped_rows": 1, "eval_rows": 8, "eval_skipped_rows": 1}
     assert set(out.trained.evaluations["sft"]) >= {"accuracy", "gen_tokens_per_s"}
     assert out.promotion["metric"] == "accuracy" and out.promotion["version"] == "1"
-    predictions = [json.loads(line) for line in (Path(out.data.run_dir) / "sft" / "predictions.jsonl").read_text().splitlines()]
+    predictions = [json.loads(line) for line in (Path(out.run.run_dir) / "sft" / "predictions.jsonl").read_text().splitlines()]
     assert len(predictions) == 8 and {"line", "reference", "prediction", "correct"} <= set(predictions[0])
     setup_tracking()
     version = get_version_by_alias("gamesense-parity", out.promotion["alias"])
@@ -139,7 +141,7 @@ def test_sft_static_evaluation_and_promotion_gate(workdir, tiny_model_dir, parit
 
 def test_reward_model_then_grpo(workdir, tiny_model_dir, parity_file):
     """sft -> reward -> grpo: one adapter carried from SFT into GRPO, rewards = rule + learned reward model."""
-    from gamesense.pipelines.llm_steps import run_local
+    from gamesense.pipelines.llm_run import run_local
 
     out = run_local(parity_recipe(tiny_model_dir, parity_file, ["sft", "reward", "grpo"]))
     stages = {r.stage: r for r in out.trained.results}
@@ -156,20 +158,21 @@ def test_reward_model_then_grpo(workdir, tiny_model_dir, parity_file):
 def test_grpo_with_bf16_frozen_base_generates_and_trains(workdir, tiny_model_dir, parity_file):
     """CPU training stores the frozen base in bf16 and trains under bf16 autocast; GRPO also samples with
     ``generate`` outside autocast, where the fp32 adapter must still meet bf16 activations."""
-    from gamesense.training.stages import StageInputs, train_stage
+    from gamesense.training.methods.base import StageInputs
+    from gamesense.training.stage import run_stage
 
     recipe = parity_recipe(tiny_model_dir, parity_file, ["grpo"])
     recipe = recipe.model_copy(update={"model": recipe.model.model_copy(update={"dtype": "bfloat16"}),
                                        "grpo": {**recipe.grpo, "bf16": True}})  # fmt: skip
     task = get_task("parity-test", {"instruction": "even or odd?"})
     records = [{k: v for k, v in r.items() if k != "completion"} for r in task.sft_records(task.load(parity_file).examples)]
-    result = train_stage("grpo", StageInputs(recipe=recipe, task=task, train_records=records, stage_dir=workdir / "grpo",
-                                             show_progress=False))  # fmt: skip
+    result = run_stage("grpo", StageInputs(recipe=recipe, task=task, train_records=records, stage_dir=workdir / "grpo",
+                                           show_progress=False))  # fmt: skip
     assert result.metrics["train_steps"] == 1 and result.metrics["train_bf16"] == 1.0
 
 
 def test_dpo_after_sft(workdir, tiny_model_dir, parity_file):
-    from gamesense.pipelines.llm_steps import run_local
+    from gamesense.pipelines.llm_run import run_local
 
     out = run_local(parity_recipe(tiny_model_dir, parity_file, ["sft", "dpo"]))
     assert [r.stage for r in out.trained.results] == ["sft", "dpo"]
@@ -179,8 +182,47 @@ def test_dpo_after_sft(workdir, tiny_model_dir, parity_file):
 
 
 def test_grpo_without_any_reward_is_refused(workdir, tiny_model_dir, parity_file, monkeypatch):
-    from gamesense.pipelines.llm_steps import run_local
+    from gamesense.pipelines.llm_run import run_local
 
     monkeypatch.setattr(ParityTask, "reward_functions", lambda self: [])
     with pytest.raises(ValueError, match="grpo needs rewards"):
         run_local(parity_recipe(tiny_model_dir, parity_file, ["grpo"]))
+
+
+class KTO(TrainingMethod):
+    """A training method defined only here: TRL's KTO on the task's preference pairs, unpaired."""
+
+    name = "kto-test"
+    config_class = "KTOConfig"
+    trains_on = "preference"
+    produces = "policy"
+
+    def build_trainer(self, inputs, args):
+        from trl import KTOTrainer
+        from trl.data_utils import unpair_preference_dataset
+
+        from gamesense.models.base import load_tokenizer
+        from gamesense.training.methods.base import load_policy, preference_dataset
+
+        model, peft_config = load_policy(inputs.recipe, inputs.policy_adapter)
+        data = unpair_preference_dataset(preference_dataset(inputs.train_records))
+        return KTOTrainer(model=model, args=args, train_dataset=data, processing_class=load_tokenizer(inputs.recipe.model.base),
+                          peft_config=peft_config)
+
+
+def test_a_training_method_from_outside_the_package_runs_after_sft(workdir, tiny_model_dir, parity_file):
+    """Adding a method is one class: registered, its recipe section validated against its TRL config, trained
+    after SFT on the adapter SFT produced, evaluated and gated like the built-in ones."""
+    from gamesense.pipelines.llm_run import run_local
+    from gamesense.training.methods import known_methods, register_method
+
+    register_method(KTO())
+    assert "kto-test" in known_methods()
+    section = {"max_steps": 1, "per_device_train_batch_size": 4, "learning_rate": 1e-3, "logging_steps": 1, "save_steps": 1,
+               "bf16": False, "max_length": 64}  # fmt: skip
+    with pytest.raises(ValueError, match="unknown key 'kto-test.max_stepz'"):
+        parity_recipe(tiny_model_dir, parity_file, ["sft", "kto-test"], **{"kto-test": {"max_stepz": 1}})
+    out = run_local(parity_recipe(tiny_model_dir, parity_file, ["sft", "kto-test"], **{"kto-test": section}))
+    assert [r.stage for r in out.trained.results] == ["sft", "kto-test"]
+    assert out.trained.results[1].metrics["train_steps"] == 1 and set(out.trained.evaluations) == {"sft", "kto-test"}
+    assert (Path(out.trained.results[1].adapter_dir) / "adapter_model.safetensors").is_file()

@@ -9,7 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from gamesense.config import LLMRecipe, load_recipe
+from gamesense.config import load_recipe
+from gamesense.training.recipe import LLMRecipe
 from gamesense.tasks import get_task
 from gamesense.tasks.base import DataError
 from gamesense.tasks.viggo import (

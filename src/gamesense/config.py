@@ -6,22 +6,19 @@ below declare keys, types and meanings, never default values, so a recipe states
 int and ``--set lora.target_modules=[q_proj,v_proj]`` a list. Unknown keys and wrong types raise
 :class:`RecipeError` with a one-line message naming the key.
 
-Training stages (``stages: [sft, reward, grpo]``) each have a section of the same name whose keys are
-passed to TRL's config class for that stage (:data:`STAGE_CONFIG_CLASSES`) and validated against its
-fields and their types, so a stage's settings are TRL's own, not a hand-made mirror.
+The sections every LLM recipe shares (model, data, LoRA, runtime, generation, registry) are declared here; the
+whole LLM recipe, whose training-stage sections are validated by each training method against its TRL config
+class, is :class:`gamesense.training.recipe.LLMRecipe`.
 """
 
 from __future__ import annotations
 
-import dataclasses
-import functools
 import typing
 from pathlib import Path
 from typing import Any, Literal, TypeVar
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model, field_validator, model_validator
-from pydantic_core import PydanticCustomError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 T = TypeVar("T", bound=BaseModel)
 
@@ -145,59 +142,6 @@ def resolve_data_path(path: str | Path) -> Path:
     return fallback if fallback.exists() else path
 
 
-# --- training-stage settings: TRL's own config classes -------------------------------------------------
-
-#: stage kind -> TRL config class that its recipe section is passed to
-STAGE_CONFIG_CLASSES: dict[str, str] = {
-    "sft": "SFTConfig",
-    "reward": "RewardConfig",
-    "dpo": "DPOConfig",
-    "grpo": "GRPOConfig",
-}
-StageName = Literal["sft", "reward", "dpo", "grpo"]
-
-
-def trl_config_class(stage: str) -> type:
-    """TRL's config dataclass for a stage kind (``sft`` -> ``trl.SFTConfig``).
-
-    Raises:
-        KeyError: unknown stage kind.
-    """
-    import trl
-
-    return getattr(trl, STAGE_CONFIG_CLASSES[stage])
-
-
-@functools.cache
-def stage_settings_model(stage: str) -> type[BaseModel]:
-    """A pydantic model of the keyword arguments of the stage's TRL config class: every ``__init__`` field
-    with its annotated type, none required, unknown keys forbidden. ``bf16`` also takes ``"auto"`` (bf16 where
-    the hardware has native bf16; resolved at training time)."""
-    cls = trl_config_class(stage)
-    hints = typing.get_type_hints(cls)
-    fields: dict[str, Any] = {}
-    for field in dataclasses.fields(cls):
-        if field.init:
-            help_text = (field.metadata or {}).get("help")
-            fields[field.name] = (hints.get(field.name, Any), Field(None, description=help_text))
-    fields["bf16"] = (bool | Literal["auto"] | None, Field(None, description="bf16 mixed precision; auto: where native"))
-    config = ConfigDict(extra="forbid", arbitrary_types_allowed=True)
-    return create_model(f"{cls.__name__}Settings", __config__=config, **fields)
-
-
-def validate_stage_settings(stage: str, settings: dict[str, Any]) -> dict[str, Any]:
-    """Check a stage section against its TRL config class; returns the settings as given (types coerced).
-
-    Raises:
-        RecipeError: unknown key or wrong type, naming ``<stage>.<key>``.
-    """
-    try:
-        validated = stage_settings_model(stage).model_validate(settings)
-    except ValidationError as err:
-        raise RecipeError(format_validation_error(err, prefix=f"{stage}.")) from None
-    return validated.model_dump(exclude_unset=True)
-
-
 def field_help(model: type[BaseModel], dotted: str) -> str:
     """Description of a nested recipe key (``"lora.r"``) from the pydantic models, or ``""``."""
     node: Any = model
@@ -213,7 +157,7 @@ def field_help(model: type[BaseModel], dotted: str) -> str:
     return description
 
 
-# --- the LLM fine-tuning recipe, shared by every LLM gaming task -----------------------------------------
+# --- the sections of every LLM recipe (the whole recipe: gamesense.training.recipe.LLMRecipe) -----------
 
 
 class ModelSection(StrictModel):
@@ -286,50 +230,6 @@ class RuntimeSection(StrictModel):
     )
 
 
-class LLMRecipe(StrictModel):
-    """A recipe for one LLM gaming task (see ``recipes/*.yaml``): data, base model, adapter shape, the
-    training stages with their TRL settings, evaluation decoding, registry and promotion gate."""
-
-    task: str = Field(description="task plugin name (a module under gamesense.tasks, or registered)")
-    task_options: dict[str, Any] = Field(description="the task's own options, validated by the task")
-    model: ModelSection
-    data: DataSection
-    lora: LoraSection
-    stages: list[StageName] = Field(min_length=1, description="training stages in order, e.g. [sft] or [sft, dpo]")
-    sft: dict[str, Any] | None = Field(None, description="trl.SFTConfig settings of the sft stage")
-    reward: dict[str, Any] | None = Field(None, description="trl.RewardConfig settings of the reward stage")
-    dpo: dict[str, Any] | None = Field(None, description="trl.DPOConfig settings of the dpo stage")
-    grpo: dict[str, Any] | None = Field(None, description="trl.GRPOConfig settings of the grpo stage")
-    runtime: RuntimeSection
-    generation: GenerationSection
-    registry: RegistrySection
-    zenml: bool = Field(description="run as a ZenML pipeline (false: the same steps as plain calls)")
-
-    @field_validator("sft", "reward", "dpo", "grpo")
-    @classmethod
-    def _trl_settings(cls, value: dict[str, Any] | None, info) -> dict[str, Any] | None:
-        if value is None:
-            return None
-        try:
-            return validate_stage_settings(info.field_name, value)
-        except RecipeError as err:
-            raise PydanticCustomError("recipe_error", "{message}", {"message": str(err)}) from None
-
-    @model_validator(mode="after")
-    def _stages_have_settings(self) -> LLMRecipe:
-        for stage in self.stages:
-            if getattr(self, stage) is None:
-                raise ValueError(f"stage {stage!r} is listed in stages but the recipe has no {stage!r} section")
-        if len(set(self.stages)) != len(self.stages):
-            raise ValueError(f"stages: each stage kind may appear once, got {self.stages}")
-        return self
-
-    def stage_settings(self, stage: str) -> dict[str, Any]:
-        """The TRL settings of ``stage`` as written in the recipe (a copy)."""
-        return dict(getattr(self, stage) or {})
-
-
-
 def _format_value(value: Any) -> str:
     if value is None:
         return "null"
@@ -340,7 +240,8 @@ def _format_value(value: Any) -> str:
     return str(value)
 
 
-def _first_sentence(text: str) -> str:
+def first_sentence(text: str) -> str:
+    """The first sentence of ``text``, whitespace squeezed (help texts shown in one table cell)."""
     text = " ".join(text.split())
     cut = text.find(". ")
     return text if cut < 0 else text[: cut + 1]
@@ -350,18 +251,14 @@ def recipe_rows(recipe: str | Path, model_cls: type[BaseModel], overrides: list[
                 sections: dict[str, type[BaseModel]] | None = None) -> list[tuple[str, str, str]]:  # fmt: skip
     """Every leaf key the recipe file sets, in file order, as ``(dotted key, value, meaning)``.
 
-    Meanings come from the pydantic models (``model_cls``, and ``sections``: section name -> model for
-    free-form sections such as ``task_options``) and, for training-stage sections, from the help text of
-    TRL's config fields (first sentence).
+    Meanings come from the pydantic models: ``model_cls``, and ``sections`` (section name -> model) for sections
+    that ``model_cls`` does not type itself, such as ``task_options`` or a training stage's TRL settings.
     """
     rows: list[tuple[str, str, str]] = []
     sections = dict(sections or {})
 
     def meaning(key: str) -> str:
         head, _, rest = key.partition(".")
-        if head in STAGE_CONFIG_CLASSES and rest:
-            field = stage_settings_model(head).model_fields.get(rest)
-            return _first_sentence(field.description or "") if field else ""
         if head in sections and rest:
             return field_help(sections[head], rest)
         return field_help(model_cls, key)

@@ -95,3 +95,21 @@ def plot_grouped_bars(values: dict[str, dict[str, float]], path: str | Path, tit
     ax.legend()
     ax.grid(axis="y", alpha=0.3)
     return _save(fig, path)
+
+
+def plot_horizontal_bars(values: dict[str, float], path: str | Path, title: str, xlabel: str) -> Path:
+    """Horizontal bar chart, the first value on top (e.g. feature importances, largest first).
+
+    Args:
+        values: label -> value, in the order to show from the top.
+        path: PNG to write (parent directories are created).
+
+    Returns:
+        ``path``.
+    """
+    labels, numbers = list(values)[::-1], list(values.values())[::-1]
+    fig, ax = plt.subplots(figsize=(6, 0.3 * len(labels) + 1))
+    ax.barh(labels, numbers)
+    ax.set_xlabel(xlabel)
+    ax.set_title(title)
+    return _save(fig, path, dpi=100)

@@ -30,10 +30,10 @@ def _print(obj) -> None:
     typer.echo(json.dumps(obj, indent=2, default=str))
 
 
-def _pipeline(name: str, **kwargs):
+def _pipeline(name: str, recipe, **kwargs):
     from gamesense.pipelines import engagement as pipes
 
-    return pipes.run(name, **kwargs)
+    return pipes.run(name, recipe, **kwargs)
 
 
 @app.command()
@@ -49,9 +49,9 @@ def train(
 
     try:
         if cfg.zenml:
-            result = _pipeline("train", recipe=recipe, overrides=set_ or [], data_file=str(data) if data else None)
+            result = _pipeline("train", cfg, data_file=str(data) if data else None)
         else:
-            from gamesense.training.tabular import train_engagement
+            from gamesense.training.engagement import train_engagement
 
             result = train_engagement(cfg, str(data) if data else None, register=not no_register).to_dict()
     except (SchemaError, ValueError) as err:
@@ -83,9 +83,9 @@ def promote(
 
     try:
         if cfg.zenml:
-            record = _pipeline("promote", recipe=recipe, overrides=set_ or [], eval_file=str(eval_file) if eval_file else None)
+            record = _pipeline("promote", cfg, eval_file=str(eval_file) if eval_file else None)
         else:
-            from gamesense.pipelines.engagement_steps import promote_engagement
+            from gamesense.pipelines.engagement_gate import promote_engagement
 
             record = promote_engagement(cfg, str(eval_file) if eval_file else None)
     except (SchemaError, ValueError, LookupError, ConcurrentPromotionError) as err:
@@ -97,7 +97,8 @@ def promote(
 def predict(
     input: Path = typer.Option(..., "--input", "-i", help="players to score (CSV/Parquet; target optional)"),
     output: Path = typer.Option(..., "--output", "-o", help="predictions file (.csv or .parquet)"),
-    model_uri: Optional[str] = typer.Option(None, "--model-uri", help="default: models:/<model_name>@champion"),
+    model_uri: Optional[str] = typer.Option(None, "--model-uri", help="NAME@ALIAS, NAME/VERSION, models:/..., runs:/... "
+                                            "or a path (default: the recipe's model_name@serving.alias)"),  # fmt: skip
     rejects: Optional[Path] = typer.Option(None, "--rejects", help="rejects file (default: <workdir>/engagement/rejects/)"),
     keep_scored: bool = typer.Option(True, "--keep-scored/--no-keep-scored", help="keep inputs+predictions for monitoring"),
     recipe: str = RecipeOpt,
@@ -109,15 +110,14 @@ def predict(
 
     try:
         if cfg.zenml:
-            summary = _pipeline("predict", recipe=recipe, overrides=set_ or [], input_file=str(input),
-                                output_file=str(output), model_uri=model_uri)  # fmt: skip
+            summary = _pipeline("predict", cfg, input_file=str(input), output_file=str(output), model_uri=model_uri)
         else:
             from gamesense.registry.mlflow_store import setup_tracking
-            from gamesense.serving.batch import predict_batch
-            from gamesense.serving.tabular import load_tabular_model
+            from gamesense.serving.engagement.batch import predict_batch
+            from gamesense.serving.engagement.predictor import load_engagement_model
 
             setup_tracking(cfg.registry.tracking_uri)
-            model = load_tabular_model(cfg.registry.model_name, cfg.serving.alias, model_uri)
+            model = load_engagement_model(model_uri or f"{cfg.registry.model_name}@{cfg.serving.alias}")
             summary = predict_batch(input, output, model, rejects, keep_scored)
     except (SchemaError, LookupError) as err:
         fail(err)
@@ -139,10 +139,9 @@ def monitor(
 
     try:
         if cfg.zenml:
-            result = _pipeline("monitor", recipe=recipe, overrides=set_ or [],
-                               current_file=str(current) if current else None, retrain=False)  # fmt: skip
+            result = _pipeline("monitor", cfg, current_file=str(current) if current else None, retrain=False)
         else:
-            from gamesense.monitoring.drift import monitor_engagement
+            from gamesense.monitoring.engagement import monitor_engagement
 
             result = monitor_engagement(cfg, current, reference, reports_dir).to_dict()
     except (SchemaError, LookupError, OSError, KeyError) as err:
@@ -168,7 +167,7 @@ def simulate_drift_cmd(
     seed: int = typer.Option(0),
 ) -> None:
     """Write a perturbed copy (shorter/fewer sessions, older players, harder games) to see the loop fire."""
-    from gamesense.monitoring.drift import simulate_drift
+    from gamesense.monitoring.engagement import simulate_drift
     from gamesense.settings import same_file
     from gamesense.tasks.engagement import SchemaError, read_table, validate_frame, write_table
 
@@ -197,7 +196,7 @@ def pipeline(
 ) -> None:
     """Run one of the ZenML pipelines (local orchestrator, store under <workdir>/zenml)."""
     cfg = _recipe(recipe, set_)
-    kwargs: dict = {"recipe": recipe, "overrides": set_ or []}
+    kwargs: dict = {}
     if (name == "promote" and not data or name == "monitor" and retrain) and not cfg.data.eval_file:
         fail(f"the {name} pipeline promotes: set data.eval_file to a held-out labelled file (--set data.eval_file=FILE)"
              + (" or pass --data" if name == "promote" else ""))  # fmt: skip
@@ -213,7 +212,7 @@ def pipeline(
         kwargs.update(current_file=str(data) if data else None, retrain=retrain)
     else:
         fail(ValueError(f"unknown pipeline {name!r}"))
-    _print(_pipeline(name, **kwargs))
+    _print(_pipeline(name, cfg, **kwargs))
 
 
 def serve(
@@ -228,7 +227,7 @@ def serve(
     cfg = _recipe(recipe, set_)
     import uvicorn
 
-    from gamesense.serving.app import create_app
+    from gamesense.serving.engagement.api import create_app
 
     api = create_app(cfg.registry.model_name, cfg.serving.alias, cfg.registry.tracking_uri,
                      reload_interval or cfg.serving.reload_interval_s, max_batch=cfg.serving.max_batch,

@@ -15,6 +15,7 @@ from gamesense.cli import engagement as engagement_cli
 from gamesense.cli import serve as serve_cli
 from gamesense.cli import synth as synth_cli
 from gamesense.cli.common import fail, install_error_boundary, load_recipe_or_exit, set_debug, show_progress_logs
+from gamesense.registry.refs import CHAMPION
 
 app = typer.Typer(
     help="GameSense: turn gaming data into production models (LLM adapters, tabular models) with "
@@ -38,14 +39,13 @@ def _global_options(debug: bool = typer.Option(False, "--debug", help="show the 
 class _TaskCommandHost:
     """What task-provided commands get from the CLI (:class:`gamesense.tasks.base.CommandHost`)."""
 
-    def open_task(self, recipe, overrides):
+    def recipe_and_task(self, recipe, overrides):
         return _recipe_and_task(recipe, overrides)
 
     def load_policy(self, model, recipe, task):
         from gamesense.evaluation.policy import ModelPolicy
 
-        generation = recipe.generation
-        return ModelPolicy(_load_model(model, recipe), model, generation.max_new_tokens, generation.batch_size, task.stop_strings)
+        return ModelPolicy(_load_model(model, recipe), model, recipe.generation, task.stop_strings)
 
 
 def _mount_task_commands() -> None:
@@ -76,14 +76,15 @@ def _recipe_and_task(recipe: str | None, overrides: list[str] | None, model: str
     Without ``--recipe``, a registry reference whose version carries a ``task`` tag selects
     ``recipes/<task>.yaml``; anything else uses the default recipe.
     """
-    from gamesense.config import LLMRecipe, RecipeError
-    from gamesense.pipelines.llm_steps import open_task
+    from gamesense.config import RecipeError
+    from gamesense.tasks import get_task
+    from gamesense.training.recipe import LLMRecipe
 
     if recipe is None and model:
         recipe = _task_of_registered(model)
     config = load_recipe_or_exit(recipe or DEFAULT_RECIPE, LLMRecipe, overrides)
     try:
-        return config, open_task(config)
+        return config, get_task(config.task, config.task_options)
     except (LookupError, RecipeError) as err:
         fail(err)
 
@@ -134,7 +135,7 @@ def _print_outcome(out, task, wall: float) -> None:
     from gamesense.evaluation.runner import metrics_table
 
     console = _console()
-    data, trained, promo = out.data, out.trained, out.promotion
+    run, data, trained, promo = out.run, out.run.data, out.trained, out.promotion
     columns = {"base": out.base_metrics, **{f"+{stage}": m for stage, m in trained.evaluations.items()},
                **task.reference_results(progress=False)}  # fmt: skip
     title = f"{task.name}: {data.counts['eval_rows']} rows of {data.eval_file}"
@@ -151,7 +152,7 @@ def _print_outcome(out, task, wall: float) -> None:
     console.print(f"registered [bold]{promo['model_name']}[/bold] version {promo['version']} -> "
                   f"[bold]{promo['alias']}[/bold]: {promo['reason']}")  # fmt: skip
     final = trained.latest("policy")
-    console.print(f"adapter: {final.adapter_dir}\nrun: {data.run_dir} (MLflow run {data.run_id})\n"
+    console.print(f"adapter: {final.adapter_dir}\nrun: {run.run_dir} (MLflow run {run.run_id})\n"
                   f"try it: gamesense generate --model models:/{promo['model_name']}/{promo['version']} \"...\"\n"
                   f"wall time {wall / 60:.1f} min")  # fmt: skip
 
@@ -176,11 +177,11 @@ def finetune(
     if use_zenml:
         from gamesense.pipelines.llm import run_zenml
 
-        out = run_zenml(config, resume=resume)
+        out = run_zenml(config, resume=resume, task=task)
     else:
-        from gamesense.pipelines.llm_steps import run_local
+        from gamesense.pipelines.llm_run import run_local
 
-        out = run_local(config, resume=resume)
+        out = run_local(config, resume=resume, task=task)
         if out is None:  # a non-main process of a multi-process (accelerate launch) run
             return
     _print_outcome(out, task, time.perf_counter() - started)
@@ -217,9 +218,7 @@ def evaluate(
     slug = re.sub(r"[^\w.-]+", "_", f"{model}__{Path(data).stem}").strip("_")
     out_path = Path(output) if output else work_dir() / "predictions" / f"{slug}.jsonl"
     records = task.eval_records(report.examples) if "static" in task.evaluation else None
-    result = evaluate_model(loaded, task, records, out_path.parent, config.generation.max_new_tokens,
-                            config.generation.batch_size, label=model,
-                            repetition_penalty=config.generation.repetition_penalty)  # fmt: skip
+    result = evaluate_model(loaded, task, records, out_path.parent, config.generation, label=model)
     if result.predictions_path is not None and result.predictions_path != out_path:
         result.predictions_path.replace(out_path)
     metrics = dict(result.metrics, skipped_rows=float(len(report.skipped)))
@@ -264,10 +263,8 @@ def generate(
 
     config, task = _recipe_and_task(recipe, overrides, model)
     loaded = _load_model(model, config)
-    result = generate_batch(loaded.model, loaded.tokenizer, [task.prompt(t) for _, t in inputs],
-                            max_new_tokens=config.generation.max_new_tokens, batch_size=config.generation.batch_size,
-                            stop_strings=task.stop_strings, progress=file is not None,
-                            repetition_penalty=config.generation.repetition_penalty)  # fmt: skip
+    result = generate_batch(loaded.model, loaded.tokenizer, [task.prompt(t) for _, t in inputs], config.generation,
+                            stop_strings=task.stop_strings, progress=file is not None)  # fmt: skip
     answers = [task.parse_output(raw) for raw in result.texts]
     if file is None:
         typer.echo(answers[0])
@@ -348,6 +345,7 @@ def chat(
     import sys
 
     from gamesense.evaluation import generation as gen
+    from gamesense.models.decoding import stop_token_ids
 
     if not 0 < top_p <= 1:
         fail(f"--top-p {top_p} is not in (0, 1]")
@@ -361,7 +359,7 @@ def chat(
     if max_new_tokens is None and context:
         new_tokens = min(new_tokens, context // 2)  # the default must leave room for the conversation
     stops = task.stop_strings if stop else ()
-    stop_ids = gen.stop_token_ids(tokenizer, stops)  # scans the vocabulary: once per session
+    stop_ids = stop_token_ids(tokenizer, stops)  # scans the vocabulary: once per session
     budget = None if context is None else context - new_tokens  # prompt tokens that leave room for a reply
     if budget is not None and budget < 1:
         fail(f"--max-new-tokens {new_tokens} leaves no room for a prompt in the model's context of {context} tokens")
@@ -446,7 +444,7 @@ def models_list(
 def models_promote(
     name: str = typer.Argument(..., help="registered model, e.g. gamesense-TASK"),
     version: str = typer.Argument(..., help="version number to make champion"),
-    alias: str = typer.Option("champion", help="alias to move"),
+    alias: str = typer.Option(CHAMPION, help="alias to move"),
     tracking_uri: Optional[str] = typer.Option(None, help="MLflow tracking URI (default: the working directory's SQLite store)"),
 ) -> None:
     """Move an alias (default ``champion``) to a version by hand, bypassing the evaluation gate."""
@@ -469,10 +467,11 @@ def recipe_show(
     markdown: bool = typer.Option(False, "--markdown", help="a Markdown table (key | value | meaning), as in the README"),
 ) -> None:
     """Every key the recipe sets, its value and what it means (validated first)."""
-    from gamesense.config import LLMRecipe, recipe_rows, rows_to_markdown
+    from gamesense.config import rows_to_markdown
+    from gamesense.training.recipe import llm_recipe_rows
 
     _, task = _recipe_and_task(recipe, overrides)
-    rows = recipe_rows(recipe, LLMRecipe, overrides, sections={"task_options": task.Options})
+    rows = llm_recipe_rows(recipe, task.Options, overrides)
     if markdown:
         typer.echo(rows_to_markdown(rows))
         return

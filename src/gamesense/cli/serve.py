@@ -49,11 +49,11 @@ def llm(
         fail("--print-command needs --engine vllm")
     show_progress_logs()
     if engine == "vllm":
-        _vllm(host, port, base, model, max_adapters, alias_ttl_s, tracking_uri, print_command)
+        _vllm(host, port, base, model, max_adapters, tracking_uri, print_command)
         return
     import uvicorn
 
-    from gamesense.serving.openai_api import create_app
+    from gamesense.serving.llm.api import create_app
 
     api = create_app(base, model or None, dtype=dtype, max_batch=max_batch, max_adapters=max_adapters,
                      batch_wait_ms=batch_wait_ms, alias_ttl_s=alias_ttl_s, default_max_tokens=max_tokens, lora_kernel=lora_kernel,
@@ -62,21 +62,19 @@ def llm(
     uvicorn.run(api, host=host, port=port, log_level=log_level, access_log=False)
 
 
-def _vllm(host: str, port: int, base: str, models: list[str] | None, max_adapters: int, alias_ttl_s: float,
+def _vllm(host: str, port: int, base: str, models: list[str] | None, max_adapters: int,
           tracking_uri: str | None, print_only: bool) -> None:  # fmt: skip
     """Resolve every served registry model to a local adapter directory and run (or print) ``vllm serve``."""
     import os
     import shlex
     import shutil
 
-    from gamesense.models.base import resolve_base_model
     from gamesense.registry.mlflow_store import setup_tracking
-    from gamesense.serving.llm_engine import ModelResolver, vllm_command, vllm_modules
+    from gamesense.serving.llm.vllm import registry_command
     from gamesense.settings import work_dir
 
     setup_tracking(tracking_uri)
-    resolver = ModelResolver(base, models or None, alias_ttl_s, work_dir() / "llm-serving" / "vllm-adapters")
-    command = vllm_command(resolve_base_model(base), vllm_modules(resolver), host, port, max_adapters, ("base", base))
+    command = registry_command(base, models or None, work_dir() / "llm-serving" / "vllm-adapters", host, port, max_adapters)
     line = shlex.join(command)
     if print_only:
         typer.echo(line)

@@ -16,6 +16,9 @@ from dataclasses import dataclass
 
 import torch
 
+from gamesense.config import GenerationSection
+from gamesense.models.decoding import cut_at_stop, last_token_logits, left_padded, penalize_repetition, stop_token_ids
+
 
 @dataclass
 class GenerationResult:
@@ -34,63 +37,6 @@ class GenerationResult:
     @property
     def tokens_per_s(self) -> float:
         return self.generated_tokens / self.seconds if self.seconds > 0 else 0.0
-
-
-def stop_token_ids(tokenizer, stop_strings: Sequence[str] = ()) -> list[int]:
-    """EOS plus every vocabulary entry whose text contains a one-character stop string."""
-    ids = {tokenizer.eos_token_id}
-    chars = [s for s in stop_strings if len(s) == 1]
-    if chars:
-        for token, idx in tokenizer.get_vocab().items():
-            text = tokenizer.convert_tokens_to_string([token])
-            if any(c in text for c in chars):
-                ids.add(idx)
-    return sorted(i for i in ids if i is not None)
-
-
-def cut_at_stop(text: str, stop_strings: Sequence[str]) -> str:
-    """``text`` up to (not including) the first occurrence of any stop string."""
-    cut = min((i for i in (text.find(s) for s in stop_strings) if i >= 0), default=len(text))
-    return text[:cut]
-
-
-def left_padded(rows: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Token-id rows as one left-padded batch: ``(input_ids, attention_mask, position_ids)``, each of shape
-    ``(len(rows), longest row)``; positions count from each row's first real token, so a padded row computes
-    what it would alone."""
-    width = max(len(r) for r in rows)
-    input_ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(rows), width), dtype=torch.long)
-    for i, ids in enumerate(rows):
-        input_ids[i, width - len(ids) :] = torch.tensor(ids)
-        mask[i, width - len(ids) :] = 1
-    return input_ids, mask, (mask.cumsum(-1) - 1).clamp(min=0)
-
-
-def last_token_logits(model, cache=None, **inputs) -> torch.Tensor:
-    """Logits at the last position of each row, shape ``(batch, vocab)``: the decoder, then the LM head on
-    that position only, as a 2-D matmul (on a strided 3-D slice torch.matmul expands the whole vocabulary
-    matrix once per row: measured 3.9 s of a 4.4 s forward pass for 24 rows on a CPU).
-
-    Args:
-        model: a causal LM with ``get_decoder`` and ``get_output_embeddings`` (transformers' models).
-        cache: a KV cache to read and extend, or None for none.
-        inputs: the decoder's inputs (``input_ids``, ``attention_mask``, ``position_ids``).
-    """
-    hidden = model.get_decoder()(**inputs, past_key_values=cache, use_cache=cache is not None).last_hidden_state
-    return model.get_output_embeddings()(hidden[:, -1].contiguous())
-
-
-def penalize_repetition(scores: torch.Tensor, penalty: float) -> torch.Tensor:
-    """CTRL's repetition penalty (Keskar et al. 2019, as in transformers' ``RepetitionPenaltyLogitsProcessor``),
-    for the logits of tokens already in the row (prompt or output): divided by ``penalty`` when positive,
-    multiplied by it when negative.
-
-    Args:
-        scores: those logits, any shape (select them first, e.g. ``logits[seen]``).
-        penalty: > 0; 1.0 changes nothing.
-    """
-    return torch.where(scores > 0, scores / penalty, scores * penalty)
 
 
 def _greedy_batch(model, rows: list[list[int]], pad_id: int, max_new_tokens: int, stop_ids: torch.Tensor,
@@ -149,12 +95,10 @@ def generate_batch(
     model,
     tokenizer,
     prompts: list[list[dict]],
-    max_new_tokens: int = 128,
-    batch_size: int = 32,
+    settings: GenerationSection,
     stop_strings: Sequence[str] = (),
     progress: bool = True,
     desc: str = "generate",
-    repetition_penalty: float = 1.0,
 ) -> GenerationResult:
     """Greedy-decode chat prompts in batches.
 
@@ -162,10 +106,10 @@ def generate_batch(
         model: a causal LM (adapters merged or not), in eval mode.
         tokenizer: its tokenizer, with a chat template and a pad token.
         prompts: chat message lists, one per example.
-        max_new_tokens: per-example cap on generated tokens.
-        batch_size: prompts decoded together.
+        settings: the recipe's ``generation`` section: ``max_new_tokens`` (per-example cap), ``batch_size``
+            (prompts decoded together), ``repetition_penalty`` (CTRL's penalty on tokens already in the row,
+            :func:`~gamesense.models.decoding.penalize_repetition`; 1.0: off).
         stop_strings: decoding of a sequence stops at the first of these (and at EOS); the text is cut there.
-        repetition_penalty: CTRL's penalty on tokens already in the row (:func:`penalize_repetition`); 1.0: off.
 
     Returns:
         :class:`GenerationResult` with texts in the order of ``prompts``.
@@ -185,10 +129,10 @@ def generate_batch(
     generated = 0
     started = time.perf_counter()
     bar = tqdm(total=len(prompts), desc=desc, unit="ex", disable=not progress)
-    for start in range(0, len(order), batch_size):
-        idx = order[start : start + batch_size]
-        outputs = _greedy_batch(model, [encoded[i] for i in idx], pad_id, max_new_tokens, stop_ids, stops_in_text,
-                                repetition_penalty)  # fmt: skip
+    for start in range(0, len(order), settings.batch_size):
+        idx = order[start : start + settings.batch_size]
+        outputs = _greedy_batch(model, [encoded[i] for i in idx], pad_id, settings.max_new_tokens, stop_ids, stops_in_text,
+                                settings.repetition_penalty)  # fmt: skip
         for i, tokens in zip(idx, outputs):
             generated += len(tokens)
             texts[i] = cut_at_stop(tokenizer.decode(tokens, skip_special_tokens=True), stop_strings)

@@ -6,7 +6,9 @@ from collections.abc import Sequence
 
 import torch
 
-from gamesense.evaluation.generation import generate_batch, last_token_logits, left_padded
+from gamesense.config import GenerationSection
+from gamesense.evaluation.generation import generate_batch
+from gamesense.models.decoding import last_token_logits, left_padded
 from gamesense.tasks.base import Messages
 
 
@@ -21,13 +23,13 @@ class ModelPolicy:
     Args:
         model: an :class:`~gamesense.models.refs.InferenceModel` (model + tokenizer).
         name: label in tables (e.g. ``fine-tuned``).
-        max_new_tokens / batch_size / stop_strings: greedy decoding settings for ``generate``.
+        generation: the recipe's ``generation`` section (``batch_size`` also batches ``choose``).
+        stop_strings: where ``generate`` stops (the task's stop strings).
     """
 
-    def __init__(self, model, name: str, max_new_tokens: int = 64, batch_size: int = 32,
-                 stop_strings: Sequence[str] = ()):  # fmt: skip
+    def __init__(self, model, name: str, generation: GenerationSection, stop_strings: Sequence[str] = ()):
         self.inference, self.name = model, name
-        self.max_new_tokens, self.batch_size, self.stop_strings = max_new_tokens, batch_size, tuple(stop_strings)
+        self.generation, self.stop_strings = generation, tuple(stop_strings)
 
     def _prompt_ids(self, prompts: Sequence[Messages]) -> list[list[int]]:
         tokenizer = self.inference.tokenizer
@@ -70,8 +72,9 @@ class ModelPolicy:
             input_ids[r, : len(ids)] = torch.tensor(ids)
             attention[r, : len(ids)] = 1
         scores = torch.empty(len(rows))
-        for start in range(0, len(rows), self.batch_size):
-            stop = min(start + self.batch_size, len(rows))
+        batch_size = self.generation.batch_size
+        for start in range(0, len(rows), batch_size):
+            stop = min(start + batch_size, len(rows))
             logits = model(input_ids=input_ids[start:stop].to(device), attention_mask=attention[start:stop].to(device)).logits
             logprobs = torch.log_softmax(logits.float(), dim=-1).cpu()
             for r in range(start, stop):
@@ -91,15 +94,16 @@ class ModelPolicy:
         """Single-token candidates: one forward pass per prompt, comparing the next-token logits of the
         candidates at the prompt's end (the same ranking as their log-probabilities). Prompts are batched by
         length and left-padded (positions from the attention mask) so only the last position's logits are
-        computed (:func:`~gamesense.evaluation.generation.last_token_logits`)."""
+        computed (:func:`~gamesense.models.decoding.last_token_logits`)."""
         model = self.inference.model
         pad = self.inference.tokenizer.pad_token_id
         pad = pad if pad is not None else self.inference.tokenizer.eos_token_id
         device = next(model.parameters()).device
         order = sorted(range(len(prompt_ids)), key=lambda i: len(prompt_ids[i]))
         picks = [0] * len(prompt_ids)
-        for start in range(0, len(order), self.batch_size):
-            rows = order[start : start + self.batch_size]
+        batch_size = self.generation.batch_size
+        for start in range(0, len(order), batch_size):
+            rows = order[start : start + batch_size]
             input_ids, attention, positions = (t.to(device) for t in left_padded([prompt_ids[i] for i in rows], pad))
             logits = last_token_logits(model, input_ids=input_ids, attention_mask=attention, position_ids=positions)
             logits = logits.float().cpu()
@@ -109,6 +113,6 @@ class ModelPolicy:
 
     def generate(self, prompts: Sequence[Messages]) -> list[str]:
         """Greedy completions, cut at the stop strings."""
-        result = generate_batch(self.inference.model, self.inference.tokenizer, list(prompts), self.max_new_tokens,
-                                self.batch_size, self.stop_strings, progress=False)  # fmt: skip
+        result = generate_batch(self.inference.model, self.inference.tokenizer, list(prompts), self.generation,
+                                self.stop_strings, progress=False)  # fmt: skip
         return result.texts

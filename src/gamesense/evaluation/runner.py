@@ -8,6 +8,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from gamesense.config import GenerationSection
 from gamesense.evaluation.generation import generate_batch
 from gamesense.evaluation.policy import ModelPolicy
 from gamesense.tasks.base import Record, Task
@@ -35,11 +36,9 @@ def evaluate_static(
     task: Task,
     records: Sequence[Record],
     predictions_path: str | Path,
-    max_new_tokens: int,
-    batch_size: int,
+    generation: GenerationSection,
     desc: str = "evaluate",
     progress: bool = True,
-    repetition_penalty: float = 1.0,
 ) -> EvalResult:
     """Greedy-decode every record's prompt, parse and score the outputs with the task's metrics, and write
     the predictions JSONL and the task's evaluation artifacts (next to it).
@@ -48,16 +47,15 @@ def evaluate_static(
         model: an :class:`~gamesense.models.refs.InferenceModel`.
         records: from :meth:`Task.eval_records`, all of them: no sampling.
         predictions_path: where to write the JSONL (parent directories are created).
-        repetition_penalty: see :func:`~gamesense.evaluation.generation.penalize_repetition` (1.0: off).
+        generation: the recipe's ``generation`` section (see :func:`~gamesense.evaluation.generation.generate_batch`).
 
     Raises:
         ValueError: no records.
     """
     if not records:
         raise ValueError("no evaluation examples: check the evaluation file")
-    result = generate_batch(model.model, model.tokenizer, [r["prompt"] for r in records], max_new_tokens=max_new_tokens,
-                            batch_size=batch_size, stop_strings=task.stop_strings, progress=progress, desc=desc,
-                            repetition_penalty=repetition_penalty)  # fmt: skip
+    result = generate_batch(model.model, model.tokenizer, [r["prompt"] for r in records], generation,
+                            stop_strings=task.stop_strings, progress=progress, desc=desc)  # fmt: skip
     predictions = [task.parse_output(text) for text in result.texts]
     metrics = task.compute_metrics(predictions, records)
     metrics["gen_tokens_per_s"] = result.tokens_per_s
@@ -78,11 +76,9 @@ def evaluate_model(
     task: Task,
     records: Sequence[Record] | None,
     out_dir: str | Path,
-    max_new_tokens: int,
-    batch_size: int,
+    generation: GenerationSection,
     label: str = "model",
     progress: bool = True,
-    repetition_penalty: float = 1.0,
 ) -> EvalResult:
     """Every evaluation the task declares, merged: static on ``records`` (skipped when None), rollout with
     the model as a :class:`ModelPolicy`. Predictions go to ``<out_dir>/predictions.jsonl``.
@@ -93,12 +89,12 @@ def evaluate_model(
     out = Path(out_dir)
     result = EvalResult(metrics={})
     if "static" in task.evaluation and records is not None:
-        result = evaluate_static(model, task, records, out / "predictions.jsonl", max_new_tokens, batch_size,
-                                 desc=f"evaluate {label}", progress=progress, repetition_penalty=repetition_penalty)  # fmt: skip
+        result = evaluate_static(model, task, records, out / "predictions.jsonl", generation, desc=f"evaluate {label}",
+                                 progress=progress)  # fmt: skip
     elif "static" in task.evaluation and "rollout" not in task.evaluation:
         raise ValueError(f"task {task.name!r} is evaluated on records: pass an evaluation file")
     if "rollout" in task.evaluation:
-        policy = ModelPolicy(model, label, max_new_tokens, batch_size, task.stop_strings)
+        policy = ModelPolicy(model, label, generation, task.stop_strings)
         rollout = task.rollout(policy, out, progress=progress)
         result.metrics.update(rollout.metrics)
         result.artifacts.update(rollout.artifacts)

@@ -23,10 +23,11 @@ from typing import Any
 from mlflow import MlflowClient
 
 from gamesense.registry.mlflow_store import get_version_by_alias, is_local_store, set_alias
+from gamesense.registry.refs import CHALLENGER, CHAMPION
 from gamesense.settings import work_dir
 
-CHAMPION = "champion"
-CHALLENGER = "challenger"
+__all__ = ["CHALLENGER", "CHAMPION", "ConcurrentPromotionError", "PromotionDecision", "PromotionOutcome",
+           "decide_promotion", "promotion_gate", "promotion_lock"]
 
 
 class ConcurrentPromotionError(RuntimeError):
@@ -161,7 +162,7 @@ def promotion_gate(
             return _record(PromotionOutcome(model_name, version, CHAMPION, False, decision.reason, metric,
                                             decision.candidate, decision.baselines, previous), audit)  # fmt: skip
         scores = dict(baselines or {})
-        scores["champion" if champion is None else f"champion v{previous}"] = (
+        scores[CHAMPION if champion is None else f"{CHAMPION} v{previous}"] = (
             None if champion is None else float(champion_score(champion)))  # fmt: skip
         decision = decide_promotion(metric, candidate, scores, higher_is_better, min_delta)
         if decision.promote:

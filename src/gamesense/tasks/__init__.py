@@ -8,14 +8,13 @@ one recipe in ``recipes/``; nothing else names it.
 
 from __future__ import annotations
 
-import importlib
-import importlib.metadata
-import pkgutil
-
+from gamesense.plugins import PluginRegistry
 from gamesense.tasks.base import Task
 
-_REGISTERED: dict[str, type[Task]] = {}
 ENTRY_POINT_GROUP = "gamesense.tasks"
+_TASKS: PluginRegistry[type[Task]] = PluginRegistry(__name__, __path__, "TASK",
+                                                    lambda obj: isinstance(obj, type) and issubclass(obj, Task),
+                                                    ENTRY_POINT_GROUP)  # fmt: skip
 
 
 def register_task(cls: type[Task]) -> type[Task]:
@@ -26,29 +25,12 @@ def register_task(cls: type[Task]) -> type[Task]:
     """
     if not (isinstance(cls, type) and issubclass(cls, Task)):
         raise TypeError(f"register_task expects a Task subclass, got {cls!r}")
-    _REGISTERED[cls.name] = cls
-    return cls
+    return _TASKS.register(cls.name, cls)
 
 
 def known_tasks() -> list[str]:
     """Names of every findable LLM task (registered, built-in modules defining ``TASK``, entry points)."""
-    names = set(_REGISTERED)
-    for info in pkgutil.iter_modules(__path__):
-        if info.name != "base" and _module_task(info.name) is not None:
-            names.add(info.name)
-    names.update(ep.name for ep in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP))
-    return sorted(names)
-
-
-def _module_task(name: str) -> type[Task] | None:
-    try:
-        module = importlib.import_module(f"{__name__}.{name}")
-    except ModuleNotFoundError as err:
-        if err.name == f"{__name__}.{name}":
-            return None
-        raise
-    task = getattr(module, "TASK", None)
-    return task if isinstance(task, type) and issubclass(task, Task) else None
+    return _TASKS.names()
 
 
 def get_task_class(name: str) -> type[Task]:
@@ -57,15 +39,10 @@ def get_task_class(name: str) -> type[Task]:
     Raises:
         LookupError: unknown task (the message lists the known ones).
     """
-    if name in _REGISTERED:
-        return _REGISTERED[name]
-    if name.isidentifier():
-        task = _module_task(name)
-        if task is not None:
-            return task
-    for ep in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP, name=name):
-        return ep.load()
-    raise LookupError(f"unknown task {name!r}; known: {', '.join(known_tasks())}")
+    task = _TASKS.find(name)
+    if task is None:
+        raise LookupError(f"unknown task {name!r}; known: {', '.join(known_tasks())}")
+    return task
 
 
 def get_task(name: str, options: dict | None = None) -> Task:

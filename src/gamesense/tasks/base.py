@@ -89,7 +89,7 @@ class CommandHost(Protocol):
     """What a task's own CLI commands (:meth:`Task.commands`) may ask of the command line, which sits above
     the task layer: a recipe's task, and a model reference loaded as a :class:`Policy`."""
 
-    def open_task(self, recipe: str | None, overrides: list[str] | None) -> tuple[Any, Task]:
+    def recipe_and_task(self, recipe: str | None, overrides: list[str] | None) -> tuple[Any, Task]:
         """``(recipe, task)`` for a recipe name or file (None: the task's own recipe); exits on a bad recipe."""
         ...
 

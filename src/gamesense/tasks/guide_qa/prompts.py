@@ -173,11 +173,27 @@ def judge_messages(chunk: Chunk, question: str, answer: str) -> list[dict[str, s
             {"role": "user", "content": user}]  # fmt: skip
 
 
-def parse_verdict(text: str | None) -> bool | None:
-    """A judge's answer -> True (PASS), False (FAIL), or None when it says neither (the first of the two words,
-    case-insensitive, decides)."""
-    match = re.search(r"\b(pass|fail)(?:ed|es)?\b", text or "", re.I)
-    return None if match is None else match.group(1).lower() == "pass"
+def answer_judge_messages(chunk: str, question: str, reference: str, candidate: str) -> list[dict[str, str]]:
+    """Chat messages asking a judge whether ``candidate`` answers ``question`` with the facts of ``reference``
+    without contradicting the guide passage ``chunk``; the judge replies CORRECT or INCORRECT (evaluation)."""
+    user = (f"Passage from the game's manual:\n{chunk}\n\nQuestion: {question}\nReference answer: {reference}\n"
+            f"Candidate answer: {candidate}\n\nDoes the candidate answer give the same facts as the reference answer, "
+            "without contradicting the passage?\nAnswer with one word, CORRECT or INCORRECT.\nVerdict:")
+    return [{"role": "system", "content": "You grade answers to players' questions about a video game. Reply with one "
+             "word: CORRECT or INCORRECT."}, {"role": "user", "content": user}]  # fmt: skip
+
+
+def parse_verdict(text: str | None, positive: str = "PASS", negative: str = "FAIL",
+                  endings: tuple[str, ...] = ("ed", "es")) -> bool | None:  # fmt: skip
+    """A judge's answer -> True (``positive``), False (``negative``), or None when it says neither: the first of the
+    two words found (whole words, case-insensitive, also with one of ``endings``) decides.
+
+    >>> parse_verdict("Verdict: passed"), parse_verdict("The answer is INCORRECT", "CORRECT", "INCORRECT", ())
+    (True, False)
+    """
+    suffix = f"(?:{'|'.join(map(re.escape, endings))})?" if endings else ""
+    match = re.search(rf"\b({re.escape(positive)}|{re.escape(negative)}){suffix}\b", text or "", re.I)
+    return None if match is None else match.group(1).lower() == positive.lower()
 
 
 # ------------------------------------------------------------------------------------------------ parsing pairs

@@ -21,7 +21,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from functools import lru_cache
@@ -31,19 +30,7 @@ from typing import Any
 from pydantic import Field
 
 from gamesense.tasks.base import DataError, LoadReport, Record, Task, TaskOptions
-
-JUDGE_SYSTEM = "You grade answers to players' questions about a video game. Reply with one word: CORRECT or INCORRECT."
-JUDGE_TEMPLATE = """Passage from the game's manual:
-{chunk}
-
-Question: {question}
-Reference answer: {reference}
-Candidate answer: {candidate}
-
-Does the candidate answer give the same facts as the reference answer, without contradicting the passage?
-Answer with one word, CORRECT or INCORRECT.
-Verdict:"""
-_VERDICT = re.compile(r"\b(INCORRECT|CORRECT)\b", re.I)
+from gamesense.tasks.guide_qa.prompts import answer_judge_messages, parse_verdict
 
 
 @dataclass
@@ -134,13 +121,6 @@ def rouge_l(prediction: str, reference: str) -> float:
     return _rouge().score(reference, prediction)["rougeL"].fmeasure
 
 
-def parse_verdict(text: str) -> bool | None:
-    """A judge's reply -> True (CORRECT), False (INCORRECT) or None (neither word found); the first verdict
-    word counts."""
-    match = _VERDICT.search(text or "")
-    return None if match is None else match.group(1).upper() == "CORRECT"
-
-
 class GuideQAOptions(TaskOptions):
     system_prompt: str = Field("You answer players' questions about the game. Answer accurately and to the point.",
                                description="system message of every prompt")  # fmt: skip
@@ -221,16 +201,13 @@ class GuideQATask(Task):
         from gamesense.teacher import Request, Teacher
 
         opts = self.options
-        requests = [Request([{"role": "system", "content": JUDGE_SYSTEM},
-                             {"role": "user", "content": JUDGE_TEMPLATE.format(
-                                 chunk=r.get("chunk") or "(not available)", question=r["question"],
-                                 reference=r["reference"], candidate=p or "(no answer)")}],
-                            temperature=0.0, max_tokens=8)
+        requests = [Request(answer_judge_messages(r.get("chunk") or "(not available)", r["question"], r["reference"],
+                                                  p or "(no answer)"), temperature=0.0, max_tokens=8)
                     for p, r in zip(predictions, records)]  # fmt: skip
         with Teacher(opts.judge_url, opts.judge_model, api_key=os.environ.get(opts.judge_api_key_env),
                      concurrency=opts.judge_concurrency) as judge:  # fmt: skip
             replies = judge.complete_many(requests, progress="judge")
-        return [parse_verdict(reply.text) if reply.ok else None for reply in replies]
+        return [parse_verdict(reply.text, "CORRECT", "INCORRECT", endings=()) if reply.ok else None for reply in replies]
 
 
 TASK = GuideQATask

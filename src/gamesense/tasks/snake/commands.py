@@ -67,7 +67,7 @@ def build(host: CommandHost) -> typer.Typer:
 
         if any(not MIN_GRID <= g <= MAX_GRID for g in grid):
             raise typer.BadParameter(f"board sizes must be in [{MIN_GRID}, {MAX_GRID}], got {grid}", param_hint="--grid")
-        config, task = host.open_task(recipe or "snake", overrides)
+        config, task = host.recipe_and_task(recipe or "snake", overrides)
         player = model if model in AGENT_NAMES else host.load_policy(model, config, task)
         first = task.options.rollout.seed if seed is None else seed
         plan = [(g, first + i) for g in grid for i in range(games)]

@@ -353,8 +353,8 @@ def record_games(
 
 
 @dataclass
-class LoadReport:
-    """Result of ``load_trajectories``.
+class TrajectoryFile:
+    """A trajectory file as :func:`load_trajectories` read it: its valid games and the lines set aside.
 
     Attributes:
         path: the file read.
@@ -381,7 +381,7 @@ def _reason(exc: ValidationError) -> str:
     return text + (f" (+{len(errors) - 1} more errors)" if len(errors) > 1 else "")
 
 
-def load_trajectories(path: str | Path) -> LoadReport:
+def load_trajectories(path: str | Path) -> TrajectoryFile:
     """Read a trajectory JSONL file, validating every line against the schema in the module docstring.
 
     A line that is not valid JSON or breaks the schema is skipped and reported with its 1-based line
@@ -389,7 +389,7 @@ def load_trajectories(path: str | Path) -> LoadReport:
     fails on file content.
 
     Returns:
-        A ``LoadReport``.
+        A :class:`TrajectoryFile`.
 
     Raises:
         FileNotFoundError: ``path`` does not exist.
@@ -414,4 +414,4 @@ def load_trajectories(path: str | Path) -> LoadReport:
                 game_lines.append(number)
             except ValidationError as exc:
                 skipped.append((number, _reason(exc)))
-    return LoadReport(path=path, games=games, skipped=skipped, lines=lines, game_lines=game_lines)
+    return TrajectoryFile(path=path, games=games, skipped=skipped, lines=lines, game_lines=game_lines)

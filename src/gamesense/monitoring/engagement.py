@@ -1,4 +1,5 @@
-"""Data and prediction drift with Evidently 0.7, and the rule that triggers retraining.
+"""The engagement model's monitoring: data and prediction drift with Evidently 0.7, and the rule that triggers
+retraining.
 
 Reference: the training data scored by the serving model; current: a scored batch (inputs + predictions).
 Evidently's ``DataDriftPreset`` picks a per-column test by column type and size (above 1000 rows:
@@ -204,7 +205,7 @@ def monitor_engagement(
         handful of rows "drifts" on every column by chance, so no decision is made on them).
     """
     from gamesense.config import resolve_data_path
-    from gamesense.serving.batch import latest_scored_batch
+    from gamesense.serving.engagement.batch import latest_scored_batch
 
     if current_file is None:
         current_file = latest_scored_batch()
@@ -230,10 +231,10 @@ def monitor_engagement(
     if frames:
         if model is None:
             from gamesense.registry.mlflow_store import setup_tracking
-            from gamesense.serving.tabular import load_tabular_model
+            from gamesense.serving.engagement.predictor import load_engagement_model
 
             setup_tracking(recipe.registry.tracking_uri)
-            model = load_tabular_model(recipe.registry.model_name, recipe.serving.alias)
+            model = load_engagement_model(f"{recipe.registry.model_name}@{recipe.serving.alias}")
         for f in frames:
             f[task.PREDICTION] = model.predict_frame(f)[task.PREDICTION].astype(str).to_numpy()
     result = run_drift(reference, current, recipe.drift, out_dir or reports_dir())

@@ -36,7 +36,7 @@ def predict_batch(
     rejects_path: str | Path | None = None,
     keep_scored: bool = True,
 ) -> dict[str, Any]:
-    """Score ``input_path`` with ``model`` (a :class:`~gamesense.serving.tabular.TabularModel`).
+    """Score ``input_path`` with ``model`` (a :class:`~gamesense.serving.engagement.predictor.EngagementModel`).
 
     Output columns: ``PlayerID``, ``PredictedEngagementLevel``, ``proba_High``, ``proba_Low``,
     ``proba_Medium``, ``model_version``. The target column, when present, is ignored for scoring.

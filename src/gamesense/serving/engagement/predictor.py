@@ -1,6 +1,7 @@
-"""Registered engagement models at inference time: loading a version from the registry, and
-:class:`FastPredictor`, a vectorised predict path equivalent to the fitted scikit-learn pipeline, whose
-LightGBM trees are compiled to native code (:mod:`gamesense.serving.lgbm_compiled`) where possible."""
+"""Registered engagement models at inference time: loading a version from the registry
+(:func:`load_engagement_model`), and :class:`FastPredictor`, a vectorised predict path equivalent to the fitted
+scikit-learn pipeline, whose LightGBM trees are compiled to native code
+(:mod:`gamesense.serving.engagement.compiled_trees`) where possible."""
 
 from __future__ import annotations
 
@@ -10,8 +11,9 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from gamesense.registry.refs import is_registry_ref, parse_model_ref
-from gamesense.serving.lgbm_compiled import compile_booster
+from gamesense.registry.mlflow_store import resolve_version
+from gamesense.registry.refs import RegistryRef, is_registry_ref, parse_model_name
+from gamesense.serving.engagement.compiled_trees import compile_booster
 from gamesense.tasks import engagement as task
 
 
@@ -22,7 +24,7 @@ class FastPredictor:
     one-hot categories, LightGBM booster) and builds the model matrix with numpy instead of going through
     ColumnTransformer/OneHotEncoder on object columns, which dominates batch time.
 
-    Trees are compiled to native code with lleaves when available (:mod:`gamesense.serving.lgbm_compiled`);
+    Trees are compiled to native code with lleaves when available (:mod:`gamesense.serving.engagement.compiled_trees`);
     otherwise LightGBM's ``Booster.predict`` scores the matrix.
 
     Args:
@@ -98,7 +100,7 @@ class FastPredictor:
 
 
 @dataclass
-class TabularModel:
+class EngagementModel:
     """A registered engagement model ready to predict. ``predictor``: the fast path (None if not LightGBM)."""
 
     name: str
@@ -120,12 +122,12 @@ class TabularModel:
         return out
 
 
-def load_tabular_model(model_name: str, ref: str = "champion", model_uri: str | None = None) -> TabularModel:
-    """Load a registered version by alias or number (``ref``), or any MLflow ``model_uri``
-    (``models:/NAME@ALIAS``, ``models:/NAME/VERSION``, ``runs:/...``, a path).
+def load_engagement_model(ref: str | RegistryRef) -> EngagementModel:
+    """Load a registered version: ``ref`` is a registry reference (``NAME``, its champion; ``NAME@ALIAS``,
+    ``NAME/VERSION``, ``models:/...``), or any other MLflow model URI (``runs:/...``, a path).
 
-    The alias is resolved to a version first, so the version reported is the one loaded even when the
-    alias moves concurrently.
+    An alias is resolved to a version first, so the version reported is the one loaded even when the alias moves
+    concurrently.
 
     Raises:
         LookupError: alias or version not found, or the model cannot be loaded.
@@ -133,25 +135,17 @@ def load_tabular_model(model_name: str, ref: str = "champion", model_uri: str | 
     """
     import mlflow
 
-    from gamesense.registry.mlflow_store import resolve_version
-    from gamesense.registry.refs import RegistryRef
-
-    run_id = None
-    if model_uri and not is_registry_ref(model_uri):
-        version, uri = model_uri, model_uri
+    if isinstance(ref, str) and not is_registry_ref(ref) and (":/" in ref or ref.startswith((".", "/", "~"))):
+        name, version, run_id, uri = ref, ref, None, ref  # a run or a path: no registry version to name
     else:
-        parsed = parse_model_ref(model_uri) if model_uri else (
-            RegistryRef(model_name, version=str(ref)) if str(ref).isdigit() else RegistryRef(model_name, alias=ref))
-        model_name = parsed.name
-        if parsed.version is not None:
-            version = parsed.version
-        else:
-            try:
-                mv = resolve_version(parsed)
-            except LookupError:
-                raise LookupError(f"model {model_name!r} has no alias {parsed.alias!r}: train and promote first") from None
-            version, run_id = str(mv.version), mv.run_id
-        uri = f"models:/{model_name}/{version}"
+        parsed = parse_model_name(ref) if isinstance(ref, str) else ref
+        try:
+            mv = resolve_version(parsed)
+        except LookupError:
+            what = f"alias {parsed.alias!r}" if parsed.alias else f"version {parsed.version}"
+            raise LookupError(f"model {parsed.name!r} has no {what}: train and promote first") from None
+        name, version, run_id = parsed.name, str(mv.version), mv.run_id
+        uri = f"models:/{name}/{version}"
     try:
         pipeline = mlflow.sklearn.load_model(uri)
     except Exception as err:  # MlflowException, OSError: name the URI
@@ -160,4 +154,4 @@ def load_tabular_model(model_name: str, ref: str = "champion", model_uri: str | 
         predictor = FastPredictor(pipeline)
     except (TypeError, KeyError, AttributeError):
         predictor = None
-    return TabularModel(model_name, version, pipeline, predictor, run_id)
+    return EngagementModel(name, version, pipeline, predictor, run_id)

@@ -1,5 +1,5 @@
-"""The engagement model's champion/challenger step: both evaluated on one labelled file, then the one
-promotion gate (:func:`gamesense.registry.promotion.promotion_gate`)."""
+"""The engagement model's promotion gate: challenger and champion evaluated on one held-out labelled file, then
+the one promotion gate every model goes through (:func:`gamesense.registry.promotion.promotion_gate`)."""
 
 from __future__ import annotations
 
@@ -11,9 +11,9 @@ import pandas as pd
 from gamesense.tasks import engagement as task
 
 
-def evaluate_tabular(model, df: pd.DataFrame) -> dict[str, Any]:
-    """Held-out metrics (see :func:`gamesense.tasks.engagement.compute_metrics`) of a
-    :class:`~gamesense.serving.tabular.TabularModel` on a validated labelled frame."""
+def evaluate_engagement(model, df: pd.DataFrame) -> dict[str, Any]:
+    """Held-out metrics (see :func:`gamesense.tasks.engagement.compute_metrics`) of an
+    :class:`~gamesense.serving.engagement.predictor.EngagementModel` on a validated labelled frame."""
     pred = model.predict_frame(df)[task.PREDICTION]
     return task.compute_metrics(df[task.TARGET].astype(str), pred.astype(str))
 
@@ -69,8 +69,8 @@ def promote_engagement(recipe: task.EngagementRecipe, eval_file: str | None = No
 
     from gamesense.registry.mlflow_store import get_version_by_alias, setup_tracking
     from gamesense.registry.promotion import CHALLENGER, promotion_gate
-    from gamesense.serving.tabular import load_tabular_model
-    from gamesense.training.tabular import load_training_frame
+    from gamesense.serving.engagement.predictor import load_engagement_model
+    from gamesense.training.engagement import load_training_frame
 
     reg = recipe.registry
     setup_tracking(reg.tracking_uri, reg.experiment + "-promotion")
@@ -80,11 +80,11 @@ def promote_engagement(recipe: task.EngagementRecipe, eval_file: str | None = No
         raise LookupError(f"model {reg.model_name!r} has no {CHALLENGER!r} version: run `gamesense engagement train`")
     df, _ = load_training_frame(path)
     version = str(challenger_mv.version)
-    candidate = evaluate_tabular(load_tabular_model(reg.model_name, version), df)
+    candidate = evaluate_engagement(load_engagement_model(f"{reg.model_name}/{version}"), df)
     champion_metrics: dict[str, Any] = {}
 
     def champion_score(champion) -> float:
-        champion_metrics.update(evaluate_tabular(load_tabular_model(reg.model_name, str(champion.version)), df))
+        champion_metrics.update(evaluate_engagement(load_engagement_model(f"{reg.model_name}/{champion.version}"), df))
         return champion_metrics[reg.metric]
 
     outcome = promotion_gate(reg.model_name, version, reg.metric, candidate[reg.metric], champion_score,

@@ -3,7 +3,7 @@
 The engine holds one base causal LM in memory. Adapters (PEFT LoRA directories) are loaded into it on first
 use under a key that names the registry model and version, and deleted least-recently-used when more than
 ``max_adapters`` are loaded (never one that a running row uses). A scheduler thread decodes every running
-request in ONE forward pass per step, each row with its own adapter (:class:`RowLoRA`: the rows' LoRA deltas
+request in ONE forward pass per step, each row with its own adapter (:class:`RowLoRA`, the rows' LoRA deltas
 in two batched matmuls per layer; or PEFT's mixed-adapter forward, ``adapter_names=[key or "__base__" per
 row]``, with ``lora_kernel="peft"``), its own sampling (greedy at temperature 0, else temperature and top-p
 with a per-request ``torch.Generator``), repetition penalty, ``max_tokens``, stop strings and EOS.
@@ -18,8 +18,8 @@ Text is streamed as it is decoded: each step the row's tokens are decoded again 
 split over tokens is never cut: a trailing U+FFFD is held back), and text that could be the start of a stop
 string is held back until it is known not to be one.
 
-Registry look-ups (alias -> version, downloads) happen in :class:`ModelResolver`, called by the API before a
-request is queued, never inside the decode loop.
+Registry look-ups (alias -> version, downloads) happen in :mod:`gamesense.serving.llm.resolver`, called by the API
+before a request is queued, never inside the decode loop.
 
 Sources: PEFT "Inference with different LoRA adapters in the same batch"
 (https://huggingface.co/docs/peft/developer_guides/lora#inference-with-different-lora-adapters-in-the-same-batch);
@@ -28,181 +28,26 @@ continuous batching as in vLLM/TGI (Yu et al., "Orca", OSDI 2022).
 
 from __future__ import annotations
 
-import json
 import logging
 import queue
 import random
-import re
 import threading
 import time
 from collections import OrderedDict, deque
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Literal
 
 import torch
 
+from gamesense.models.base import load_base_model, load_tokenizer
+from gamesense.models.decoding import last_token_logits, left_padded, penalize_repetition
+from gamesense.models.hardware import inference_dtype
+from gamesense.serving.llm.lora import RowLoRA
+from gamesense.serving.llm.requests import (Adapter, Completion, EngineObserver, GenerationRequest, RequestError,
+                                            StreamEvent, held_back)  # fmt: skip
+
 log = logging.getLogger(__name__)
-
-#: the PEFT name of "no adapter" in a mixed batch
-BASE_ROW = "__base__"
-#: model names that select the base model (besides the base model's own id)
-BASE_NAMES = ("base",)
-#: alias a bare registry model name stands for
-DEFAULT_ALIAS = "champion"
-
-
-# --- errors --------------------------------------------------------------------------------------------------
-
-
-class RequestError(ValueError):
-    """A request that cannot be served as asked (HTTP 400 in the API).
-
-    Attributes:
-        param: the request field at fault (``model``, ``messages``, ``n``...), or None.
-        code: OpenAI-style error code (``context_length_exceeded``, ``model_not_supported``...), or None.
-    """
-
-    status = 400
-
-    def __init__(self, message: str, param: str | None = None, code: str | None = None):
-        super().__init__(message)
-        self.param, self.code = param, code
-
-
-class ModelNotFound(LookupError):
-    """No served model of that name (HTTP 404, code ``model_not_found``)."""
-
-
-# --- requests and their results ----------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class SamplingParams:
-    """How one request decodes.
-
-    Attributes:
-        max_tokens: most new tokens (>= 1); clamped to what the context leaves after the prompt.
-        temperature: 0: greedy; > 0: logits divided by it before sampling.
-        top_p: nucleus filtering in (0, 1]; 1: none. Ignored when greedy.
-        seed: seed of the request's own random generator (None: a random seed): same seed, same reply.
-        repetition_penalty: > 0; 1: none. Divides the positive logits (multiplies the negative ones) of
-            tokens already in the prompt or reply, as transformers' ``RepetitionPenaltyLogitsProcessor``.
-        stop: the reply ends before the first of these strings (and at EOS).
-        ignore_eos: keep decoding past EOS until ``max_tokens`` (benchmarks with fixed lengths).
-    """
-
-    max_tokens: int = 256
-    temperature: float = 0.0
-    top_p: float = 1.0
-    seed: int | None = None
-    repetition_penalty: float = 1.0
-    stop: tuple[str, ...] = ()
-    ignore_eos: bool = False
-
-
-@dataclass(frozen=True)
-class Adapter:
-    """A LoRA adapter ready to load.
-
-    Attributes:
-        key: PEFT adapter name, unique per registry model and version (``gamesense_viggo_v3``).
-        path: local adapter directory (``adapter_config.json`` + weights).
-        model: registry model name (``gamesense-viggo``), for metrics and logs.
-        version: registry version number as text.
-        rank: LoRA rank ``r`` (for vLLM's ``--max-lora-rank``).
-    """
-
-    key: str
-    path: Path
-    model: str
-    version: str
-    rank: int = 0
-
-
-@dataclass
-class Completion:
-    """A finished request.
-
-    Attributes:
-        text: the reply (special tokens removed, cut before a stop string).
-        finish_reason: ``stop`` (EOS or a stop string) or ``length`` (``max_tokens`` or the context).
-        prompt_tokens, completion_tokens: token counts (the EOS token counts as generated).
-        seconds: from submission to the last token; first_token_s: from submission to the first token.
-    """
-
-    text: str
-    finish_reason: Literal["stop", "length"]
-    prompt_tokens: int
-    completion_tokens: int
-    seconds: float
-    first_token_s: float
-
-
-@dataclass
-class StreamEvent:
-    """What the engine tells a request's sink: a ``text`` piece after each token (may be empty), then once
-    ``done`` (a :class:`Completion`) or ``error`` (a message)."""
-
-    text: str = ""
-    done: Completion | None = None
-    error: str | None = None
-
-
-Sink = Callable[[StreamEvent], None]
-
-
-@dataclass
-class GenerationRequest:
-    """One request queued on the engine. ``sink`` is called from the scheduler thread (keep it cheap and
-    thread-safe, e.g. ``loop.call_soon_threadsafe``); set ``cancelled`` to drop the request (client gone)."""
-
-    prompt_ids: list[int]
-    params: SamplingParams
-    sink: Sink
-    adapter: Adapter | None = None
-    submitted: float = field(default_factory=time.perf_counter)
-    cancelled: bool = False
-
-    @property
-    def adapter_name(self) -> str:
-        """The PEFT adapter its rows use (``__base__`` for the base model)."""
-        return self.adapter.key if self.adapter else BASE_ROW
-
-
-class EngineObserver:
-    """Hooks the engine calls from its thread (metrics); the defaults do nothing."""
-
-    def step(self, rows: int, adapters: int) -> None:
-        """One decode forward pass over ``rows`` rows using ``adapters`` distinct adapters (base counts)."""
-
-    def adapters_changed(self, loaded: int, event: Literal["load", "evict"], key: str) -> None:
-        """An adapter was loaded or evicted; ``loaded`` adapters are in memory now."""
-
-    def tokens(self, model: str, prompt: int, completion: int) -> None:
-        """A request finished with these token counts."""
-
-
-# --- incremental detokenization and stop strings -------------------------------------------------------------
-
-
-def held_back(text: str, stops: Sequence[str]) -> int:
-    """How many characters at the end of ``text`` must wait: a trailing U+FFFD (an incomplete multi-byte
-    character) and the longest suffix that is a proper prefix of a stop string.
-
-    >>> held_back("Hello wor", ["world!"]), held_back("abc", ["x"]), held_back("ab\\ufffd", [])
-    (3, 0, 1)
-    """
-    n = len(text) - len(text.rstrip("\ufffd"))
-    body = text[: len(text) - n]
-    longest = 0
-    for stop in stops:
-        for k in range(min(len(stop) - 1, len(body)), longest, -1):
-            if body.endswith(stop[:k]):
-                longest = k
-                break
-    return n + longest
 
 
 @dataclass
@@ -219,76 +64,6 @@ class _Row:
     @property
     def adapter_name(self) -> str:
         return self.request.adapter_name
-
-
-# --- LoRA deltas per row ------------------------------------------------------------------------------------
-
-
-class RowLoRA:
-    """Every row's LoRA delta in two batched matmuls per layer, whatever mix of adapters the rows use.
-
-    PEFT's mixed-batch forward (``adapter_names``) splits each layer's input into one sub-batch per adapter
-    (index, two matmuls, scatter-add for each): with SmolLM2's 210 LoRA layers that is thousands of small ops
-    a step. Here the loaded adapters' weights are stacked per layer once, after each load or eviction
-    (``A``: ``(slots, r_max, in)``, ``B * scaling``: ``(slots, out, r_max)``, slot 0 all zeros for base rows,
-    smaller ranks zero-padded), and a forward hook adds ``bmm(bmm(x, A[slot]^T), B[slot]^T)`` to the base
-    layer's output: the idea of Punica's / S-LoRA's gathered LoRA kernels (Chen et al., 2023; Sheng et al.,
-    2023), in plain PyTorch. PEFT still loads, holds and deletes the adapters; its own LoRA forward is told to
-    add nothing (each layer's active adapter is set to a name no adapter has).
-
-    Only plain LoRA on linear layers: an adapter with a variant (DoRA...) or LoRA on embeddings raises
-    ``ValueError`` at load (use ``lora_kernel="peft"``).
-    """
-
-    def __init__(self, peft):
-        self.peft = peft
-        self.slots: dict[str, int] = {}
-        self.rows: torch.Tensor | None = None  # (batch,) slot of each row; None: every row is base
-
-    def rebuild(self, keys: list[str]) -> None:
-        """Stack the weights of the adapters ``keys`` (slot i+1 for keys[i]) in every LoRA layer."""
-        from peft.tuners.lora import LoraLayer
-        from peft.tuners.lora import Linear as LoraLinear
-
-        self.slots = {key: i + 1 for i, key in enumerate(keys)}
-        for module in self.peft.modules():
-            if not isinstance(module, LoraLayer):
-                continue
-            present = [k for k in keys if k in module.lora_A or k in getattr(module, "lora_embedding_A", {})]
-            if not isinstance(module, LoraLinear) or any(k in module.lora_variant for k in present):
-                raise ValueError(f"adapter(s) {', '.join(present)}: only plain LoRA on linear layers is batched "
-                                 f"here ({type(module).__name__}); serve with lora_kernel='peft'")  # fmt: skip
-            module._active_adapter = BASE_ROW  # PEFT's forward: base layer only; the hook adds the deltas
-            base = module.get_base_layer()
-            weight = base.weight
-            rank = max((module.r[k] for k in present), default=1)
-            a = weight.new_zeros((len(keys) + 1, rank, base.in_features))
-            b = weight.new_zeros((len(keys) + 1, base.out_features, rank))
-            for key in present:
-                slot, r = self.slots[key], module.r[key]
-                a[slot, :r] = module.lora_A[key].weight
-                b[slot, :, :r] = module.lora_B[key].weight * module.scaling[key]
-            module._gamesense_lora = (a, b)
-            if not getattr(module, "_gamesense_hooked", False):
-                module.register_forward_hook(self._add_delta)
-                module._gamesense_hooked = True
-
-    def select(self, names: list[str]) -> None:
-        """The adapter (or ``__base__``) of each row of the next forward pass."""
-        slots = [self.slots.get(n, 0) for n in names]
-        self.rows = torch.tensor(slots, device=self.peft.device) if any(slots) else None
-
-    def _add_delta(self, module, args, output):
-        if self.rows is None:
-            return None
-        a, b = module._gamesense_lora
-        x = args[0]
-        delta = torch.bmm(torch.bmm(x.to(a.dtype), a.index_select(0, self.rows).transpose(1, 2)),
-                          b.index_select(0, self.rows).transpose(1, 2))  # fmt: skip
-        return output + delta.to(output.dtype)
-
-
-# --- the engine ---------------------------------------------------------------------------------------------
 
 
 def off_main_thread(fn: Callable[[], object]) -> object:
@@ -340,9 +115,6 @@ class LLMEngine:
     def __init__(self, base: str, dtype: str = "auto", max_batch: int = 16, max_adapters: int = 8,
                  batch_wait_ms: float = 5.0, mixed_batches: bool = True, default_max_tokens: int = 512,
                  lora_kernel: Literal["batched", "peft"] = "batched", observer: EngineObserver | None = None):  # fmt: skip
-        from gamesense.models.base import load_base_model, load_tokenizer
-        from gamesense.models.hardware import inference_dtype
-
         if lora_kernel not in ("batched", "peft"):
             raise ValueError(f"lora_kernel {lora_kernel!r}: expected batched or peft")
         self.lora_kernel = lora_kernel
@@ -578,8 +350,6 @@ class LLMEngine:
 
     def _logits(self, rows: list[_Row], cache, **inputs) -> torch.Tensor:
         """Last-position logits ``(len(rows), vocab)`` in float32, each row through its own adapter."""
-        from gamesense.evaluation.generation import last_token_logits
-
         names = [r.adapter_name for r in rows]
         if self.row_lora is not None:
             self.row_lora.select(names)
@@ -607,7 +377,6 @@ class LLMEngine:
         """Run the new prompts (one left-padded forward pass), sample their first tokens, join the batch."""
         from transformers import DynamicCache
 
-        from gamesense.evaluation.generation import left_padded
 
         rows = []
         for req in requests:
@@ -666,8 +435,6 @@ class LLMEngine:
 
     def _sample(self, rows: list[_Row], logits: torch.Tensor) -> torch.Tensor:
         """Next token per row ``(len(rows),)``: repetition penalty, then greedy or temperature + top-p."""
-        from gamesense.evaluation.generation import penalize_repetition
-
         for i, row in enumerate(rows):
             penalty = row.request.params.repetition_penalty
             if penalty != 1.0:
@@ -739,200 +506,3 @@ class LLMEngine:
             for layer in self.cache.layers:
                 layer.keys, layer.values = layer.keys[:, :, first:], layer.values[:, :, first:]
             self.mask = self.mask[:, first:]
-
-
-# --- model names -> adapters (registry look-ups, outside the decode loop) -----------------------------------------
-
-
-def adapter_key(name: str, version: str) -> str:
-    """PEFT adapter name of a registry model version (a valid module name: letters, digits, ``_``)."""
-    return re.sub(r"\W", "_", f"{name}_v{version}")
-
-
-def same_base(a: str, b: str) -> bool:
-    """True when two base-model references name the same model (equal, or resolving to the same local copy)."""
-    from gamesense.models.base import resolve_base_model
-
-    if a == b:
-        return True
-    try:
-        ra, rb = resolve_base_model(a), resolve_base_model(b)
-    except FileNotFoundError:
-        return False
-    return Path(ra).expanduser().resolve() == Path(rb).expanduser().resolve() if Path(ra).exists() and Path(rb).exists() \
-        else ra == rb
-
-
-@dataclass(frozen=True)
-class ServedModel:
-    """A registry model the server offers: its name and aliases (for ``/v1/models``)."""
-
-    name: str
-    aliases: tuple[str, ...] = ()
-
-
-class ModelResolver:
-    """Maps a request's ``model`` to the base model (None) or an :class:`Adapter` of the registry.
-
-    Names: ``base`` or the base model's id -> base; ``NAME`` -> ``models:/NAME@champion``; ``NAME@ALIAS``;
-    ``NAME/VERSION``; ``models:/NAME@ALIAS`` and ``models:/NAME/VERSION``. Alias -> version answers are cached
-    for ``alias_ttl_s`` seconds; each version is downloaded once into ``cache_dir``.
-
-    Args:
-        base: the served base model reference.
-        models: registry model names to serve; None: every registered model with a version tagged with a
-            ``task`` and a ``base_model`` that is ``base`` (looked up again at most every ``alias_ttl_s`` when a
-            request names a model not seen yet).
-        alias_ttl_s: how long an alias -> version answer is reused.
-        cache_dir: where adapter versions are downloaded.
-    """
-
-    def __init__(self, base: str, models: Sequence[str] | None, alias_ttl_s: float, cache_dir: Path):
-        self.base, self.alias_ttl_s, self.cache_dir = base, alias_ttl_s, Path(cache_dir)
-        self.explicit = list(models) if models is not None else None
-        self._served: dict[str, ServedModel] = {}
-        self._listed_at = float("-inf")
-        self._versions: dict[tuple[str, str], tuple[object, float]] = {}
-        self._adapters: dict[str, Adapter] = {}
-        self._lock = threading.Lock()
-
-    def is_base(self, name: str) -> bool:
-        return name in BASE_NAMES or name == self.base
-
-    def served(self, refresh: bool = False) -> dict[str, ServedModel]:
-        """The registry models served (name -> :class:`ServedModel`), listed again after ``alias_ttl_s``."""
-        from mlflow import MlflowClient
-        from mlflow.exceptions import MlflowException
-
-        with self._lock:
-            if not refresh and time.monotonic() - self._listed_at < self.alias_ttl_s:
-                return dict(self._served)
-            client = MlflowClient()
-            found: dict[str, ServedModel] = {}
-            if self.explicit is not None:
-                for name in self.explicit:
-                    try:
-                        registered = client.get_registered_model(name)
-                    except MlflowException:
-                        log.warning("model %s is not in the registry (yet)", name)
-                        found[name] = ServedModel(name)
-                        continue
-                    found[name] = ServedModel(name, tuple(sorted(registered.aliases or {})))
-            else:
-                for registered in client.search_registered_models():
-                    versions = client.search_model_versions(f"name='{registered.name}'")
-                    if any((v.tags or {}).get("task") and same_base((v.tags or {}).get("base_model", ""), self.base)
-                           for v in versions):  # fmt: skip
-                        found[registered.name] = ServedModel(registered.name, tuple(sorted(registered.aliases or {})))
-            self._served, self._listed_at = found, time.monotonic()
-            return dict(found)
-
-    def parse(self, name: str):
-        """The registry reference a model name stands for.
-
-        Raises:
-            ModelNotFound: a name of none of the accepted forms.
-        """
-        from gamesense.registry.refs import RegistryRef, is_registry_ref, parse_model_ref
-
-        if not is_registry_ref(name) and not re.search(r"[/@\s]", name):
-            return RegistryRef(name, alias=DEFAULT_ALIAS)  # a bare name stands for its champion
-        try:  # NAME@ALIAS and NAME/VERSION: the registry's own grammar, without the models:/ prefix
-            return parse_model_ref(name if is_registry_ref(name) else f"models:/{name}")
-        except ValueError as err:
-            raise ModelNotFound(str(err) if is_registry_ref(name) else f"the model {name!r} does not exist") from None
-
-    def resolve(self, name: str) -> Adapter | None:
-        """The adapter a model name selects now (None: the base model). May call the registry and download.
-
-        Raises:
-            ModelNotFound: unknown model, alias or version, or a model this server does not serve.
-            RequestError: the version is not a LoRA adapter, or was trained on another base model.
-        """
-        from gamesense.registry.mlflow_store import download_version, resolve_version
-
-        if self.is_base(name):
-            return None
-        ref = self.parse(name)
-        served = self.served()
-        if ref.name not in served and self.explicit is None:
-            served = self.served(refresh=time.monotonic() - self._listed_at >= min(self.alias_ttl_s, 1.0))
-        if ref.name not in served:
-            raise ModelNotFound(f"the model {name!r} does not exist (served: {', '.join(['base', *served]) })")
-        key = (ref.name, ref.alias or f"/{ref.version}")
-        with self._lock:
-            cached = self._versions.get(key)
-            if cached is None or (ref.alias and time.monotonic() - cached[1] >= self.alias_ttl_s):
-                try:
-                    cached = (resolve_version(ref), time.monotonic())
-                except LookupError as err:
-                    raise ModelNotFound(str(err)) from None
-                self._versions[key] = cached
-            version = cached[0]
-            akey = adapter_key(ref.name, str(version.version))
-            if akey in self._adapters:
-                return self._adapters[akey]
-            path = download_version(version, self._fresh_dir(akey))
-            config_file = path / "adapter_config.json"
-            if not config_file.is_file():
-                raise RequestError(f"{ref.name} version {version.version} is not a LoRA adapter (no adapter_config.json)",
-                                   param="model", code="model_not_supported")  # fmt: skip
-            config = json.loads(config_file.read_text())
-            trained_on = str(config.get("base_model_name_or_path") or (version.tags or {}).get("base_model", ""))
-            if not same_base(trained_on, self.base):
-                raise RequestError(f"{ref.name} version {version.version} is an adapter of {trained_on!r}, and this "
-                                   f"server serves the base model {self.base!r}", param="model",
-                                   code="model_not_supported")  # fmt: skip
-            adapter = Adapter(akey, path, ref.name, str(version.version), int(config.get("r") or 0))
-            self._adapters[akey] = adapter
-            return adapter
-
-    def _fresh_dir(self, key: str) -> Path:
-        path = self.cache_dir / key
-        if path.exists():
-            import shutil
-
-            shutil.rmtree(path)
-        path.mkdir(parents=True)
-        return path
-
-
-# --- the same registry served by vLLM (GPU) ------------------------------------------------------------------
-
-#: LoRA ranks vLLM's ``--max-lora-rank`` accepts
-VLLM_LORA_RANKS = (8, 16, 32, 64, 128, 256, 320, 512)
-
-
-def vllm_modules(resolver: ModelResolver) -> dict[str, Adapter]:
-    """Every served registry model under each name a request may use: ``NAME`` (the champion, when it has
-    one) and ``NAME@ALIAS`` for each alias, resolved to a local adapter directory now.
-
-    Raises:
-        RequestError: a version that is not an adapter of the served base (see :meth:`ModelResolver.resolve`).
-    """
-    modules: dict[str, Adapter] = {}
-    for model in resolver.served(refresh=True).values():
-        for alias in model.aliases:
-            modules[f"{model.name}@{alias}"] = resolver.resolve(f"{model.name}@{alias}")
-        if DEFAULT_ALIAS in model.aliases:
-            modules[model.name] = modules[f"{model.name}@{DEFAULT_ALIAS}"]
-    return modules
-
-
-def vllm_command(base_path: str, modules: dict[str, Adapter], host: str = "127.0.0.1", port: int = 8000,
-                 max_loras: int = 8, served_names: Sequence[str] = ("base",)) -> list[str]:  # fmt: skip
-    """The ``vllm serve`` command line that serves ``base_path`` and the adapters ``modules`` (name -> adapter)
-    with the same model names as ``gamesense serve llm``.
-
-    Flags: ``--enable-lora --lora-modules NAME=PATH ...``, ``--max-lora-rank`` (the largest adapter rank,
-    rounded up to a rank vLLM accepts), ``--max-loras`` (adapters in one batch), ``--served-model-name``.
-    Source: https://docs.vllm.ai/en/latest/features/lora.html
-    """
-    cmd = ["vllm", "serve", base_path, "--host", host, "--port", str(port), "--served-model-name", *served_names]
-    if modules:
-        rank = max(a.rank for a in modules.values())
-        rank = next((r for r in VLLM_LORA_RANKS if r >= rank), VLLM_LORA_RANKS[-1])
-        distinct = len({a.key for a in modules.values()})
-        cmd += ["--enable-lora", "--lora-modules", *(f"{name}={a.path}" for name, a in modules.items()),
-                "--max-lora-rank", str(rank), "--max-loras", str(max(1, min(max_loras, distinct)))]
-    return cmd

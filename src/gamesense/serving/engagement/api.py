@@ -24,8 +24,10 @@ from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from pydantic import BaseModel, ConfigDict, Field, create_model
 
-from gamesense.serving.holder import AliasFollower, registry_follower
-from gamesense.serving.limits import BodySizeLimit
+from gamesense.registry.refs import CHAMPION
+from gamesense.serving.alias_follower import AliasFollower, registry_follower
+from gamesense.serving.body_limit import BodySizeLimit
+from gamesense.serving.engagement.predictor import load_engagement_model
 from gamesense.tasks import engagement as task
 
 log = logging.getLogger(__name__)
@@ -133,14 +135,14 @@ def safe_validation_errors(errors: Sequence[Any]) -> list[dict[str, Any]]:
 
 def create_app(
     model_name: str = "gamesense-engagement",
-    alias: str = "champion",
+    alias: str = CHAMPION,
     tracking_uri: str | None = None,
     reload_interval_s: float = 5.0,
-    holder: AliasFollower | None = None,
+    follower: AliasFollower | None = None,
     max_batch: int = 10_000,
     max_body_bytes: int = 8 * 1024 * 1024,
 ) -> FastAPI:
-    """Build the API. The model is loaded at startup (lifespan) and followed by ``holder`` (default: the
+    """Build the API. The model is loaded at startup (lifespan) and followed by ``follower`` (default: the
     MLflow registry alias ``alias`` of ``model_name``, polled every ``reload_interval_s`` seconds).
 
     Limits (``serving.*`` in the recipe): at most ``max_batch`` players per request (422 above), bodies of at
@@ -148,11 +150,10 @@ def create_app(
     answer 503 (``/healthz`` says why). Answers: 200, 400 (not JSON), 413, 422 (field errors with their
     location; inputs echoed only when small), 503 (no model yet).
     """
-    if holder is None:
-        from gamesense.serving.tabular import load_tabular_model
-
-        holder = registry_follower(model_name, alias, lambda version: load_tabular_model(model_name, version),
-                                   tracking_uri, reload_interval_s)  # fmt: skip
+    if follower is None:
+        follower = registry_follower(model_name, alias,
+                                     lambda version: load_engagement_model(f"{model_name}/{version}"),
+                                     tracking_uri, reload_interval_s)  # fmt: skip
     registry = CollectorRegistry()
     requests = Counter("gamesense_requests_total", "HTTP requests", ["endpoint", "status"], registry=registry)
     latency = Histogram("gamesense_request_latency_seconds", "predict latency (in-process)", ["endpoint"],
@@ -167,13 +168,13 @@ def create_app(
         if str(model.version).isdigit():
             version_gauge.labels(model.name).set(int(model.version))
 
-    holder.on_reload = on_reload
+    follower.on_reload = on_reload
 
     @asynccontextmanager
     async def lifespan(_app: FastAPI):
-        holder.start()
+        follower.start()
         yield
-        holder.stop()
+        follower.stop()
 
     app = FastAPI(
         title="GameSense engagement API",
@@ -181,7 +182,7 @@ def create_app(
         description="Predict player engagement (High / Medium / Low) from telemetry.",
         lifespan=lifespan,
     )
-    app.state.holder = holder
+    app.state.follower = follower
     app.state.metrics_registry = registry
     app.add_middleware(BodySizeLimit, max_bytes=max_body_bytes, hint="serving.max_body_bytes",
                        on_reject=lambda path, status: requests.labels(path, str(status)).inc())  # fmt: skip
@@ -213,10 +214,10 @@ def create_app(
         start = time.perf_counter()
         ids = [None if p.PlayerID is None else str(p.PlayerID) for p in body.players]
         _reject_duplicate_ids(ids)
-        model = holder.model
+        model = follower.model
         if model is None:
             requests.labels("/v1/engagement/predict", "503").inc()
-            raise HTTPException(503, detail=f"no model loaded ({holder.last_error})")
+            raise HTTPException(503, detail=f"no model loaded ({follower.last_error})")
         rows = [p.__dict__ for p in body.players]
         frame = pd.DataFrame.from_records(rows, columns=task.FEATURES)
         if model.predictor is not None:
@@ -249,14 +250,14 @@ def create_app(
     @app.get("/healthz", response_model=Health, responses={503: {"model": Health, "description": "no model loaded yet"}})
     def healthz() -> JSONResponse:
         """Readiness: 200 with ``status: ok`` once a model is loaded, else 503 with ``status: no_model`` and why."""
-        model = holder.model
+        model = follower.model
         body = Health(
             status="ok" if model is not None else "no_model",
             model_name=model.name if model else model_name,
             model_version=str(model.version) if model else None,
             alias=alias,
-            last_check=holder.last_check,
-            error=holder.last_error,
+            last_check=follower.last_check,
+            error=follower.last_error,
         )
         return JSONResponse(body.model_dump(), status_code=200 if model is not None else 503)
 

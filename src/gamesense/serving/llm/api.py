@@ -1,15 +1,13 @@
-"""OpenAI-compatible HTTP API over :class:`~gamesense.serving.llm_engine.LLMEngine`: the base model and every
+"""OpenAI-compatible HTTP API over :class:`~gamesense.serving.llm.engine.LLMEngine`: the base model and every
 served registry adapter behind one endpoint that the ``openai`` SDK, LangChain or a game server can call.
 
 Endpoints: ``GET /v1/models``, ``POST /v1/chat/completions`` (``stream: true`` as server-sent events),
 ``POST /v1/completions``, ``GET /healthz``, ``GET /metrics`` (Prometheus).
 
-Wire format: OpenAI's (https://platform.openai.com/docs/api-reference/chat). Errors are OpenAI's error object,
-``{"error": {"message", "type", "param", "code"}}``: 404 ``model_not_found`` for an unknown model, 400 for a
-request this server cannot serve (``n`` > 1, a prompt that fills the context, an adapter of another base),
-422 for a body that breaks the schema (``param`` is the field path), 500 when generation fails.
-Extra body fields: ``repetition_penalty`` (1: none) and ``ignore_eos`` (vLLM's names); other unknown fields
-(``frequency_penalty``, ``user``, ...) are accepted and ignored (logged once per name).
+Answers: OpenAI's (:mod:`gamesense.serving.llm.protocol`). Errors are OpenAI's error object: 404
+``model_not_found`` for an unknown model, 400 for a request this server cannot serve (``n`` > 1, a prompt that
+fills the context, an adapter of another base), 422 for a body that breaks the schema (``param`` is the field
+path), 500 when generation fails. Unknown body fields are logged once per name.
 """
 
 from __future__ import annotations
@@ -22,161 +20,31 @@ import uuid
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import Annotated, Any, Literal
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response, StreamingResponse
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
-from pydantic import BaseModel, ConfigDict, Field
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from pydantic import BaseModel
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from gamesense.serving.limits import BodySizeLimit
-from gamesense.serving.llm_engine import (Completion, EngineObserver, GenerationRequest, LLMEngine, ModelNotFound,
-                                          ModelResolver, RequestError, SamplingParams, StreamEvent)  # fmt: skip
+from gamesense.models.base import BUILTIN_MODEL_ID
+from gamesense.registry.mlflow_store import setup_tracking
+from gamesense.serving.body_limit import BodySizeLimit
+from gamesense.serving.llm.engine import LLMEngine
+from gamesense.serving.llm.metrics import ServerMetrics
+from gamesense.serving.llm.protocol import (APIError, ChatCompletionRequest, CompletionRequest, GenerationBody, error_body,
+                                            field_path)  # fmt: skip
+from gamesense.serving.llm.requests import Completion, GenerationRequest, RequestError, SamplingParams, StreamEvent
+from gamesense.serving.llm.resolver import ModelNotFound, ModelResolver
+from gamesense.settings import work_dir
 
 log = logging.getLogger(__name__)
 
-#: most stop strings per request
-MAX_STOP = 16
-
-
-# --- request schema (OpenAI's, the fields this server uses) -------------------------------------------------------
-
-
-class TextPart(BaseModel):
-    """One part of a message's content list (only text parts are supported)."""
-
-    type: Literal["text"]
-    text: str
-
-
-class ChatMessage(BaseModel):
-    """A chat message; ``content`` is a string or a list of text parts (joined). ``developer`` counts as
-    ``system``."""
-
-    model_config = ConfigDict(extra="allow")
-    role: Literal["system", "developer", "user", "assistant"]
-    content: str | list[TextPart] | None = None
-
-    def for_template(self) -> dict[str, str]:
-        content = self.content if isinstance(self.content, str) else "".join(p.text for p in self.content or [])
-        return {"role": "system" if self.role == "developer" else self.role, "content": content}
-
-
-class StreamOptions(BaseModel):
-    include_usage: bool = False
-
-
-StopField = Annotated[str | list[str] | None, Field(None, description=f"up to {MAX_STOP} stop strings")]
-
-
-class _GenerationBody(BaseModel):
-    """Fields shared by chat and text completions."""
-
-    model_config = ConfigDict(extra="allow")
-    model: str = Field(..., min_length=1, description="base, or a registry model: NAME, NAME@ALIAS, NAME/VERSION")
-    max_tokens: int | None = Field(None, ge=1)
-    temperature: float = Field(1.0, ge=0, le=2)
-    top_p: float = Field(1.0, gt=0, le=1)
-    n: int = Field(1, ge=1)
-    stop: StopField = None
-    seed: int | None = None
-    stream: bool = False
-    stream_options: StreamOptions | None = None
-    logprobs: bool | int | None = None
-    repetition_penalty: float = Field(1.0, gt=0, description="divides the logits of tokens already seen (1: none)")
-    ignore_eos: bool = Field(False, description="decode past EOS until max_tokens (benchmarks)")
-
-    def stops(self) -> tuple[str, ...]:
-        stops = [self.stop] if isinstance(self.stop, str) else list(self.stop or [])
-        if len(stops) > MAX_STOP:
-            raise RequestError(f"at most {MAX_STOP} stop strings, got {len(stops)}", param="stop")
-        return tuple(s for s in stops if s)
-
-
-class ChatCompletionRequest(_GenerationBody):
-    messages: list[ChatMessage] = Field(..., min_length=1)
-    max_completion_tokens: int | None = Field(None, ge=1)
-
-
-class CompletionRequest(_GenerationBody):
-    prompt: str | list[str]
-    max_tokens: int | None = Field(16, ge=1)  # OpenAI's default for /v1/completions
-    echo: bool = False
-
-
-# --- errors ------------------------------------------------------------------------------------------------
-
-
-class APIError(Exception):
-    """An answer in OpenAI's error format."""
-
-    def __init__(self, status: int, message: str, type_: str = "invalid_request_error", param: str | None = None,
-                 code: str | None = None):  # fmt: skip
-        super().__init__(message)
-        self.status, self.message, self.type, self.param, self.code = status, message, type_, param, code
-
-    def response(self) -> JSONResponse:
-        return JSONResponse(error_body(self.message, self.type, self.param, self.code), status_code=self.status)
-
-
-def error_body(message: str, type_: str = "invalid_request_error", param: str | None = None,
-               code: str | None = None) -> dict[str, Any]:  # fmt: skip
-    """OpenAI's error object."""
-    return {"error": {"message": message, "type": type_, "param": param, "code": code}}
-
-
-def _field_path(loc: Sequence[Any]) -> str:
-    parts = [str(p) for p in loc if p != "body"]
-    return ".".join(parts) or "body"
-
-
-# --- metrics -----------------------------------------------------------------------------------------------
-
-
-class _Metrics(EngineObserver):
-    """Prometheus metrics of one app (its own registry, so several apps can live in one process)."""
-
-    def __init__(self):
-        self.registry = CollectorRegistry()
-        r = self.registry
-        self.requests = Counter("gamesense_llm_requests_total", "requests by model and HTTP status",
-                                ["endpoint", "model", "status"], registry=r)  # fmt: skip
-        self.latency = Histogram("gamesense_llm_request_latency_seconds", "request to last token", ["endpoint"],
-                                 buckets=(0.05, 0.1, 0.25, 0.5, 1, 2, 4, 8, 16, 32, 64, 128), registry=r)  # fmt: skip
-        self.ttft = Histogram("gamesense_llm_time_to_first_token_seconds", "request to first token", ["endpoint"],
-                              buckets=(0.01, 0.025, 0.05, 0.1, 0.2, 0.3, 0.5, 1, 2, 5, 10), registry=r)  # fmt: skip
-        self.prompt_tokens = Counter("gamesense_llm_prompt_tokens_total", "prompt tokens", ["model"], registry=r)
-        self.generated = Counter("gamesense_llm_generated_tokens_total", "tokens generated", ["model"], registry=r)
-        self.batch_rows = Histogram("gamesense_llm_batch_size", "rows per decode step", registry=r,
-                                    buckets=(1, 2, 4, 8, 16, 32, 64))  # fmt: skip
-        self.batch_adapters = Histogram("gamesense_llm_batch_adapters", "distinct adapters (base counts) per decode step",
-                                        registry=r, buckets=(1, 2, 3, 4, 8, 16))  # fmt: skip
-        self.loaded = Gauge("gamesense_llm_loaded_adapters", "LoRA adapters in memory", registry=r)
-        self.adapter_events = Counter("gamesense_llm_adapter_events_total", "adapter loads and evictions", ["event"],
-                                      registry=r)  # fmt: skip
-        self.queue = Gauge("gamesense_llm_queue_length", "requests waiting to join a batch", registry=r)
-
-    def step(self, rows: int, adapters: int) -> None:
-        self.batch_rows.observe(rows)
-        self.batch_adapters.observe(adapters)
-
-    def adapters_changed(self, loaded: int, event: str, key: str) -> None:
-        self.loaded.set(loaded)
-        self.adapter_events.labels(event).inc()
-
-    def tokens(self, model: str, prompt: int, completion: int) -> None:
-        self.prompt_tokens.labels(model).inc(prompt)
-        self.generated.labels(model).inc(completion)
-
-
-# --- the app -----------------------------------------------------------------------------------------------
-
 
 def create_app(
-    base: str = "HuggingFaceTB/SmolLM2-135M-Instruct",
+    base: str = BUILTIN_MODEL_ID,
     models: Sequence[str] | None = None,
     dtype: str = "auto",
     max_batch: int = 16,
@@ -195,9 +63,9 @@ def create_app(
     Args:
         base: base model id or path.
         models: registry models to serve (None: every registered model whose versions carry a ``task`` tag and
-            this base, see :class:`~gamesense.serving.llm_engine.ModelResolver`).
+            this base, see :class:`~gamesense.serving.llm.resolver.ModelResolver`).
         dtype, max_batch, max_adapters, batch_wait_ms, mixed_batches, default_max_tokens, lora_kernel: see
-            :class:`~gamesense.serving.llm_engine.LLMEngine`.
+            :class:`~gamesense.serving.llm.engine.LLMEngine`.
         alias_ttl_s: seconds an alias -> version answer is reused (an alias move is served after at most this).
         tracking_uri: MLflow tracking URI (default: the working directory's SQLite store).
         max_body_bytes: largest request body; a larger one is answered 413 before it is parsed.
@@ -206,11 +74,8 @@ def create_app(
     Raises:
         OSError: the base model cannot be loaded.
     """
-    from gamesense.registry.mlflow_store import setup_tracking
-    from gamesense.settings import work_dir
-
     setup_tracking(tracking_uri)
-    metrics = _Metrics()
+    metrics = ServerMetrics()
     engine = LLMEngine(base, dtype=dtype, max_batch=max_batch, max_adapters=max_adapters, batch_wait_ms=batch_wait_ms,
                        mixed_batches=mixed_batches, default_max_tokens=default_max_tokens, lora_kernel=lora_kernel,
                        observer=metrics)  # fmt: skip
@@ -248,7 +113,7 @@ def create_app(
             metrics.requests.labels(request.url.path, "unknown", "400").inc()
             return APIError(400, "the request body is not valid JSON", param="body").response()
         metrics.requests.labels(request.url.path, "unknown", "422").inc()
-        path = _field_path(first.get("loc", ()))
+        path = field_path(first.get("loc", ()))
         more = f" (and {len(errors) - 1} more errors)" if len(errors) > 1 else ""
         return APIError(422, f"{path}: {first.get('msg', 'invalid')}{more}", param=path).response()
 
@@ -263,7 +128,7 @@ def create_app(
                 ignored_fields.add(name)
                 log.info("request field %r is accepted and ignored", name)
 
-    async def prepare(body: _GenerationBody, endpoint: str):
+    async def prepare(body: GenerationBody, endpoint: str):
         """Checks that need no model, then the model name -> adapter (registry look-ups in a worker thread)."""
         log_ignored(body)
         if body.n != 1:
@@ -281,12 +146,12 @@ def create_app(
             raise APIError(400, str(err), param=err.param, code=err.code) from None
         return adapter, stops
 
-    def sampling(body: _GenerationBody, max_tokens: int | None, stops: tuple[str, ...]) -> SamplingParams:
+    def sampling(body: GenerationBody, max_tokens: int | None, stops: tuple[str, ...]) -> SamplingParams:
         return SamplingParams(max_tokens=max_tokens or engine.default_max_tokens, temperature=body.temperature,
                               top_p=body.top_p, seed=body.seed, repetition_penalty=body.repetition_penalty,
                               stop=stops, ignore_eos=body.ignore_eos)  # fmt: skip
 
-    async def generate(endpoint: str, body: _GenerationBody, prompt_ids: list[int], adapter, params: SamplingParams,
+    async def generate(endpoint: str, body: GenerationBody, prompt_ids: list[int], adapter, params: SamplingParams,
                        chat: bool):  # fmt: skip
         loop = asyncio.get_running_loop()
         events: asyncio.Queue[StreamEvent] = asyncio.Queue()

@@ -1,9 +1,9 @@
-"""Tabular training (engagement model), logged to MLflow.
+"""Training the engagement model (tabular: LightGBM and baselines), logged to MLflow.
 
 ``train_engagement`` fits LightGBM plus the baselines on one stratified split, cross-validates LightGBM on
 the train part, logs params/metrics/plots (baselines as nested runs), logs the sklearn pipeline with
 signature and input example, registers it and points ``challenger`` at the new version; the promotion gate
-(:mod:`gamesense.pipelines.engagement_steps`) decides later whether it becomes ``champion``.
+(:mod:`gamesense.pipelines.engagement_gate`) decides later whether it becomes ``champion``.
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ from typing import Any
 import pandas as pd
 
 from gamesense.config import resolve_data_path
+from gamesense.plots import plot_confusion_matrix
 from gamesense.tasks import engagement as task
 
 log = logging.getLogger(__name__)
@@ -27,8 +28,8 @@ log = logging.getLogger(__name__)
 # skops (MLflow's safe default format) refuses types not on this allow-list; it is stored with the model.
 SKOPS_TRUSTED_TYPES = [
     "collections.OrderedDict",
-    "gamesense.tasks.engagement._feature_names",
-    "gamesense.tasks.engagement.add_features",
+    "gamesense.tasks.engagement.model._feature_names",
+    "gamesense.tasks.engagement.model.add_features",
     "lightgbm.basic.Booster",
     "lightgbm.sklearn.LGBMClassifier",
 ]
@@ -36,7 +37,7 @@ PIP_REQUIREMENTS = ["scikit-learn==1.9.1", "lightgbm==4.7.0", "pandas==2.3.3", "
 
 
 @dataclass
-class TrainResult:
+class EngagementTrainResult:
     """What one training run produced. ``metrics``: held-out metrics per model name."""
 
     run_id: str
@@ -90,7 +91,8 @@ def _scalar_metrics(metrics: dict[str, Any], prefix: str = "") -> dict[str, floa
     return {prefix + k: float(v) for k, v in metrics.items() if isinstance(v, (int, float))}
 
 
-def train_engagement(recipe: task.EngagementRecipe, data_file: str | None = None, register: bool = True) -> TrainResult:
+def train_engagement(recipe: task.EngagementRecipe, data_file: str | None = None,
+                     register: bool = True) -> EngagementTrainResult:  # fmt: skip
     """Train LightGBM + baselines, log everything to MLflow and register LightGBM as ``challenger``.
 
     Args:
@@ -150,7 +152,8 @@ def train_engagement(recipe: task.EngagementRecipe, data_file: str | None = None
         (tmpdir / "metrics.json").write_text(json.dumps(metrics, indent=2))
         mlflow.log_artifact(str(tmpdir / "metrics.json"))
         if recipe.plots:
-            task.plot_confusion_matrix(metrics["confusion_matrix"], tmpdir / "confusion_matrix.png", "LightGBM (held-out)")
+            plot_confusion_matrix(metrics["confusion_matrix"], task.CLASSES, tmpdir / "confusion_matrix.png",
+                                  "LightGBM (held-out)")  # fmt: skip
             imp = task.feature_importance(model)
             task.plot_feature_importance(imp, tmpdir / "feature_importance.png")
             imp.to_csv(tmpdir / "feature_importance.csv", header=["gain"])
@@ -168,7 +171,7 @@ def train_engagement(recipe: task.EngagementRecipe, data_file: str | None = None
                 mlflow.log_metrics(_scalar_metrics(bm, "test_"))
                 if recipe.plots:
                     png = tmpdir / f"confusion_matrix_{name}.png"
-                    task.plot_confusion_matrix(bm["confusion_matrix"], png, f"{name} (held-out)")
+                    plot_confusion_matrix(bm["confusion_matrix"], task.CLASSES, png, f"{name} (held-out)")
                     mlflow.log_artifact(str(png), artifact_path="plots")
             mlflow.log_metric(f"baseline_{name}_macro_f1", bm["macro_f1"])
             mlflow.log_metric(f"baseline_{name}_accuracy", bm["accuracy"])
@@ -198,5 +201,5 @@ def train_engagement(recipe: task.EngagementRecipe, data_file: str | None = None
             mlflow.set_tag("registered_version", version)
         seconds = time.perf_counter() - t0
         mlflow.log_metric("train_seconds", seconds)
-    return TrainResult(run.info.run_id, recipe.registry.model_name, version, all_metrics, cv_summary, seconds,
+    return EngagementTrainResult(run.info.run_id, recipe.registry.model_name, version, all_metrics, cv_summary, seconds,
                        validation.report())  # fmt: skip

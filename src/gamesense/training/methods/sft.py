@@ -1,14 +1,38 @@
-"""Supervised fine-tuning on CPU: a completion-only loss that runs the LM head on completion tokens only.
+"""Supervised fine-tuning (SFT): TRL's ``SFTTrainer`` + ``SFTConfig`` on ``prompt``/``completion`` records.
 
 TRL's ``SFTTrainer`` masks the prompt (``completion_only_loss``); the chat template closes each completion with
 ``<|im_end|>`` (the EOS), which stays in the loss so the model learns to stop. The pad token is kept distinct
 from EOS (see :mod:`gamesense.models.base`) and padded positions are masked through the attention mask,
-never by token id. On GPUs TRL's own fused LM-head loss is used instead.
+never by token id. On a CPU the loss runs the LM head on completion tokens only (:func:`completion_loss`);
+on GPUs TRL's own fused LM-head loss is used instead.
 """
 
 from __future__ import annotations
 
 import torch
+
+from gamesense.models.base import load_tokenizer
+from gamesense.training.methods.base import StageInputs, TrainingMethod, load_policy
+
+
+class SFT(TrainingMethod):
+    """Supervised fine-tuning of the policy adapter on the task's answers (completion-only loss)."""
+
+    name = "sft"
+    config_class = "SFTConfig"
+    trains_on = "sft"
+    produces = "policy"
+
+    def build_trainer(self, inputs: StageInputs, args):
+        from datasets import Dataset
+
+        recipe = inputs.recipe
+        model, peft_config = load_policy(recipe, inputs.policy_adapter)
+        data = Dataset.from_list([{"prompt": r["prompt"], "completion": r["completion"]} for r in inputs.train_records])
+        return sft_trainer_class(recipe.runtime.fused_loss)(model=model, args=args, train_dataset=data,
+                                                             processing_class=load_tokenizer(recipe.model.base),
+                                                             peft_config=peft_config)  # fmt: skip
+
 
 def completion_loss(model, inputs: dict, num_items_in_batch=None):
     """Causal-LM cross-entropy computed only where it counts: the LM head runs on completion positions.
@@ -87,3 +111,6 @@ def sft_trainer_class(fused_loss: bool | None = None):
             return (loss, None) if return_outputs else loss
 
     return CompletionLossSFTTrainer
+
+
+METHOD = SFT()
