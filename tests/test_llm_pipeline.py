@@ -188,7 +188,8 @@ def test_console_script_runs_the_zenml_pipeline_and_says_how_it_runs(workdir, ti
     ("override", "message"),
     [("sft.max_stepz=5", "unknown key 'sft.max_stepz'"), ("sft.max_steps=lots", "'sft.max_steps'"),
      ("lora.rank=4", "unknown key 'lora.rank'"), ("task_options.prompt=x", "unknown key 'task_options.prompt'"),
-     ("stages=[sft,dpo]", "no 'dpo' section")],  # fmt: skip
+     ("stages=[sft,dpo]", "no 'dpo' section"), ("stages=[sft,ppo]", "unknown training method 'ppo'; known: dpo, grpo"),
+     ("sfft.max_steps=1", "unknown key 'sfft'"), ("lroa.r=4", "unknown key 'lroa'")],  # fmt: skip
 )
 def test_bad_recipe_fails_with_one_line_naming_the_key(override, message):
     result = CliRunner().invoke(app, ["finetune", "--set", override])

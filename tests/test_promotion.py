@@ -11,6 +11,7 @@ import pytest
 
 from gamesense.registry.mlflow_store import get_version_by_alias, register_version, set_alias, setup_tracking
 from gamesense.registry.promotion import CHALLENGER, CHAMPION, decide_promotion, promotion_gate
+from gamesense.registry.refs import RegistryRef, parse_model_name, parse_model_ref
 
 NAME = "gamesense-gate-test"
 
@@ -29,6 +30,18 @@ def gate(version: str, score: float, base: float = 0.1, min_delta: float = 0.0):
 def champion() -> str | None:
     mv = get_version_by_alias(NAME, CHAMPION)
     return str(mv.version) if mv else None
+
+
+def test_one_parser_for_every_way_a_model_is_named():
+    """The CLI, the engagement API and the LLM server name models alike: a bare name is its champion."""
+    assert parse_model_name("gamesense-viggo") == RegistryRef("gamesense-viggo", alias=CHAMPION)
+    assert parse_model_name("gamesense-viggo@challenger") == RegistryRef("gamesense-viggo", alias=CHALLENGER)
+    assert parse_model_name("gamesense-viggo/3") == RegistryRef("gamesense-viggo", version="3")
+    assert parse_model_name("models:/gamesense-viggo/3") == parse_model_ref("models:/gamesense-viggo/3")
+    assert parse_model_name("gamesense-viggo", default_alias=CHALLENGER).alias == CHALLENGER
+    for bad in ("/tmp/adapter", "two words", "name/v3", "models:/name/v3", ""):
+        with pytest.raises(ValueError):
+            parse_model_name(bad)
 
 
 def test_decision_rule():
