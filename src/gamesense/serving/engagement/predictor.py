@@ -6,6 +6,7 @@ scikit-learn pipeline, whose LightGBM trees are compiled to native code
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -131,11 +132,12 @@ def load_engagement_model(ref: str | RegistryRef) -> EngagementModel:
 
     Raises:
         LookupError: alias or version not found, or the model cannot be loaded.
-        ValueError: a malformed ``models:/`` reference.
+        ValueError: a name of none of those forms (e.g. ``models:/`` without a version or alias).
     """
     import mlflow
 
-    if isinstance(ref, str) and not is_registry_ref(ref) and (":/" in ref or ref.startswith((".", "/", "~"))):
+    local = isinstance(ref, str) and (ref.startswith((".", "/", "~")) or Path(ref).expanduser().exists())
+    if isinstance(ref, str) and not is_registry_ref(ref) and (":/" in ref or local):
         name, version, run_id, uri = ref, ref, None, ref  # a run or a path: no registry version to name
     else:
         parsed = parse_model_name(ref) if isinstance(ref, str) else ref
