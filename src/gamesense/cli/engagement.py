@@ -112,13 +112,9 @@ def predict(
         if cfg.zenml:
             summary = _pipeline("predict", cfg, input_file=str(input), output_file=str(output), model_uri=model_uri)
         else:
-            from gamesense.registry.mlflow_store import setup_tracking
-            from gamesense.serving.engagement.batch import predict_batch
-            from gamesense.serving.engagement.predictor import load_engagement_model
+            from gamesense.serving.engagement.batch import score_file
 
-            setup_tracking(cfg.registry.tracking_uri)
-            model = load_engagement_model(model_uri or f"{cfg.registry.model_name}@{cfg.serving.alias}")
-            summary = predict_batch(input, output, model, rejects, keep_scored)
+            summary = score_file(cfg, input, output, model_uri, rejects, keep_scored)
     except (SchemaError, LookupError) as err:
         fail(err)
     _print(summary)

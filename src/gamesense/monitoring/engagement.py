@@ -234,7 +234,7 @@ def monitor_engagement(
             from gamesense.serving.engagement.predictor import load_engagement_model
 
             setup_tracking(recipe.registry.tracking_uri)
-            model = load_engagement_model(f"{recipe.registry.model_name}@{recipe.serving.alias}")
+            model = load_engagement_model(recipe.served_model)
         for f in frames:
             f[task.PREDICTION] = model.predict_frame(f)[task.PREDICTION].astype(str).to_numpy()
     result = run_drift(reference, current, recipe.drift, out_dir or reports_dir())

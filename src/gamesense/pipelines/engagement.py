@@ -42,14 +42,10 @@ def promote_step(recipe: EngagementRecipe, eval_file: str | None = None, trained
 @step(enable_cache=False)
 def predict_step(recipe: EngagementRecipe, input_file: str, output_file: str, model_uri: str | None = None) -> dict:
     """Batch scoring with the served alias's version, or ``model_uri`` (see
-    :func:`gamesense.serving.engagement.batch.predict_batch`)."""
-    from gamesense.registry.mlflow_store import setup_tracking
-    from gamesense.serving.engagement.batch import predict_batch
-    from gamesense.serving.engagement.predictor import load_engagement_model
+    :func:`gamesense.serving.engagement.batch.score_file`)."""
+    from gamesense.serving.engagement.batch import score_file
 
-    setup_tracking(recipe.registry.tracking_uri)
-    model = load_engagement_model(model_uri or f"{recipe.registry.model_name}@{recipe.serving.alias}")
-    return predict_batch(input_file, output_file, model)
+    return score_file(recipe, input_file, output_file, model_uri)
 
 
 @step(enable_cache=False)

@@ -29,6 +29,24 @@ def latest_scored_batch() -> Path | None:
     return files[-1] if files else None
 
 
+def score_file(recipe: task.EngagementRecipe, input_path: str | Path, output_path: str | Path,
+               model_ref: str | None = None, rejects_path: str | Path | None = None,
+               keep_scored: bool = True) -> dict[str, Any]:  # fmt: skip
+    """:func:`predict_batch` with the version the recipe serves (``registry.model_name@serving.alias``) or
+    ``model_ref`` (any reference :func:`~gamesense.serving.engagement.predictor.load_engagement_model` takes),
+    tracked where the recipe says.
+
+    Raises:
+        as :func:`predict_batch`; LookupError: no such version.
+    """
+    from gamesense.registry.mlflow_store import setup_tracking
+    from gamesense.serving.engagement.predictor import load_engagement_model
+
+    setup_tracking(recipe.registry.tracking_uri)
+    model = load_engagement_model(model_ref or recipe.served_model)
+    return predict_batch(input_path, output_path, model, rejects_path, keep_scored)
+
+
 def predict_batch(
     input_path: str | Path,
     output_path: str | Path,

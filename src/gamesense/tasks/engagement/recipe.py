@@ -78,3 +78,8 @@ class EngagementRecipe(StrictModel):
     registry: EngagementRegistry
     serving: EngagementServing
     zenml: bool = Field(description="run CLI commands as ZenML pipelines")
+
+    @property
+    def served_model(self) -> str:
+        """The registry name of the version that serves: ``<registry.model_name>@<serving.alias>``."""
+        return f"{self.registry.model_name}@{self.serving.alias}"
