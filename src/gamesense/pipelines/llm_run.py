@@ -140,8 +140,7 @@ class LLMRun(BaseModel):
             mlflow.log_dict(skipped, "data/skipped_rows.json")
             mlflow.set_tags({"gamesense.task": task.name, "eval_file": data.eval_file, "eval_sha256": data.eval_sha256})
         mlflow.end_run()
-        _last_run_file(task.name).write_text(json.dumps({"run_id": parent.info.run_id, "run_dir": str(run_dir),
-                                                         "finished": False}))  # fmt: skip
+        _record_last_run(task.name, parent.info.run_id, str(run_dir), finished=False)
         run = cls(recipe=recipe, run_id=parent.info.run_id, run_dir=str(run_dir), tracking_uri=uri,
                   experiment_id=experiment_id, resumed=previous is not None, data=data)  # fmt: skip
         run._task = task
@@ -218,6 +217,11 @@ def _fingerprint(obj: Any) -> str:
 
 def _last_run_file(task_name: str) -> Path:
     return work_dir() / "runs" / task_name / "last_run.json"
+
+
+def _record_last_run(task_name: str, run_id: str, run_dir: str, finished: bool) -> None:
+    """Remember the task's newest run and whether it finished (what ``--resume`` looks for)."""
+    _last_run_file(task_name).write_text(json.dumps({"run_id": run_id, "run_dir": run_dir, "finished": finished}))
 
 
 def _unfinished_run(task_name: str) -> str | None:
@@ -455,7 +459,7 @@ def promote(run: LLMRun, base_metrics: dict[str, float], trained: TrainedStages)
         mlflow.set_tags({"promotion.alias": outcome.alias, "promotion.reason": outcome.reason[:5000],
                          "registered_version": outcome.version})  # fmt: skip
         mlflow.log_dict(outcome.to_dict(), "promotion.json")
-    _last_run_file(task.name).write_text(json.dumps({"run_id": run.run_id, "run_dir": run.run_dir, "finished": True}))
+    _record_last_run(task.name, run.run_id, run.run_dir, finished=True)
     return outcome
 
 
