@@ -13,9 +13,9 @@ both. Prints both figures and the ratio.
 
 It also prints each side's model FLOPs utilisation (MFU): training FLOP/s (forward + backward, counted from
 the model's shapes and each sequence's non-pad tokens by :mod:`gamesense.training.flops`; the LM head
-counted where each recipe computes its loss) divided by the matmul peak measured in the same run for that
-side's compute dtype (the best of several 2048x2048x2048 matmuls: bf16 for ours where the CPU has native
-bf16, fp32 for the anchor).
+counted where each recipe computes its loss) divided by the matmul peak measured in the same run on the
+training device in that side's compute dtype (:func:`gamesense.training.flops.peak_matmul_flops`: bf16 for ours
+where the device has native bf16, fp32 for the anchor).
 
     python benchmarks/train_throughput.py [--steps 8] [--batch-size N] [--rounds 2]
 """
@@ -35,6 +35,7 @@ from gamesense.config import load_recipe, resolve_data_path
 from gamesense.models.base import load_base_model, load_tokenizer
 from gamesense.models.hardware import resolve_bf16
 from gamesense.tasks import get_task
+from gamesense.training.flops import peak_matmul_flops
 from gamesense.training.methods import get_method
 from gamesense.training.methods.base import StageInputs, build_records, lora_config
 from gamesense.training.recipe import LLMRecipe
@@ -80,32 +81,24 @@ def run_anchor(recipe: LLMRecipe, task, records, steps, batch_size, out) -> floa
         use_cpu=not torch.cuda.is_available(), save_strategy="no", report_to=[], disable_tqdm=True,
         include_num_input_tokens_seen="non_padding", seed=recipe.sft["seed"],
     )
-    model = get_peft_model(load_base_model(recipe.model.base), lora_config(recipe))
+    base = load_base_model(recipe.model.base)
+    model = get_peft_model(base, lora_config(recipe, model=base))
     trainer = Trainer(model=model, args=args, train_dataset=dataset,
                       data_collator=DataCollatorForLanguageModeling(tokenizer, mlm=False))
     return timed(trainer)
 
 
-def peak_matmul_flops(dtype: torch.dtype, m: int = 2048, k: int = 2048, n: int = 2048, repeats: int = 8) -> float:
-    """Best FLOP/s of ``m x k`` by ``k x n`` matmuls in ``dtype`` on this machine, now."""
-    a, b = torch.randn(m, k, dtype=dtype), torch.randn(k, n, dtype=dtype)
-    best = float("inf")
-    for _ in range(repeats):
-        start = time.perf_counter()
-        a @ b
-        best = min(best, time.perf_counter() - start)
-    return 2 * m * k * n / best
-
-
 def flops_per_token(recipe: LLMRecipe, records, full_sequence_loss: bool) -> float:
-    """Training FLOPs per non-pad token over the data slice (LoRA of the recipe's rank on every projection)."""
+    """Training FLOPs per non-pad token over the data slice (LoRA of the recipe's rank on every projection of its
+    ``lora.top_layers``, or of every layer)."""
     from transformers import AutoConfig
 
     from gamesense.models.base import resolve_base_model
     from gamesense.training.flops import DecoderShape, sequence_training_flops
 
     tokenizer = load_tokenizer(recipe.model.base)
-    shape = DecoderShape.from_config(AutoConfig.from_pretrained(resolve_base_model(recipe.model.base)), recipe.lora.r)
+    config = AutoConfig.from_pretrained(resolve_base_model(recipe.model.base))
+    shape = DecoderShape.from_config(config, recipe.lora.r, adapted_layers=recipe.lora.top_layers)
     total_flops = total_tokens = 0.0
     for r in records:
         length = len(tokenizer.apply_chat_template(r["prompt"] + r["completion"], tokenize=True, return_dict=False))
@@ -144,7 +137,9 @@ def main() -> None:
             print(f"round {round_ + 1} {name:6s}: {rate:8.1f} non-pad tokens/s", flush=True)
     ours, anchor = statistics.median(results["ours"]), statistics.median(results["anchor"])
     bf16 = resolve_bf16(recipe.sft.get("bf16"))
-    peaks = {"ours": peak_matmul_flops(torch.bfloat16 if bf16 else torch.float32), "anchor": peak_matmul_flops(torch.float32)}
+    device = "cuda" if torch.cuda.is_available() else "cpu"  # where the trainers ran
+    peaks = {"ours": peak_matmul_flops(device, torch.bfloat16 if bf16 else torch.float32),
+             "anchor": peak_matmul_flops(device, torch.float32)}  # fmt: skip
     flops = {"ours": flops_per_token(recipe, records, False), "anchor": flops_per_token(recipe, records, True)}
     mfu = {name: rate * flops[name] / peaks[name] for name, rate in (("ours", ours), ("anchor", anchor))}
     print(f"\nmodel {recipe.model.base}, {len(records)} rows, batch {args.batch_size}, {args.steps} steps x {args.rounds} rounds, "
@@ -158,8 +153,8 @@ def main() -> None:
     # Context: the model's own largest matmul (a batch of ~100-token rows through the MLP up-projection) is
     # far smaller than 2048-cubed, and small matmuls do not reach the peak.
     config = load_base_model(recipe.model.base, dtype="float32").config
-    shape_peak = peak_matmul_flops(torch.bfloat16 if bf16 else torch.float32, args.batch_size * 96, config.hidden_size,
-                                   config.intermediate_size)  # fmt: skip
+    shape_peak = peak_matmul_flops(device, torch.bfloat16 if bf16 else torch.float32,
+                                   (args.batch_size * 96, config.hidden_size, config.intermediate_size))  # fmt: skip
     print(f"matmul peak at the model's MLP shape ({args.batch_size * 96}x{config.hidden_size}x{config.intermediate_size}): "
           f"{shape_peak / 1e12:.2f} TFLOP/s; ours is {ours * flops['ours'] / shape_peak:.1%} of it")  # fmt: skip
 

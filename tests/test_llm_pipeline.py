@@ -309,3 +309,85 @@ def test_sample_packing_trains_and_counts_tokens(workdir, tiny_model_dir, viggo_
     assert result.metrics["train_steps"] == 2
     assert result.metrics["train_tokens"] > 0
     assert (Path(result.adapter_dir) / "adapter_model.safetensors").is_file()
+
+
+def test_top_layers_put_adapters_in_the_last_layers_only_and_the_backward_stops_there(tiny_model_dir, tmp_path):
+    """``lora.top_layers: N``: LoRA weights in the last N decoder layers only; nothing below them gets a gradient
+    (the backward pass stops at the lowest adapter), which is where the saved time comes from."""
+    import torch
+    from peft import get_peft_model
+
+    from gamesense.config import load_recipe
+    from gamesense.models.base import load_base_model
+    from gamesense.training.methods.base import lora_config
+
+    recipe = load_recipe("viggo", LLMRecipe, [f"model.base={tiny_model_dir}", "lora.top_layers=1"])
+    base = load_base_model(str(tiny_model_dir))
+    model = get_peft_model(base, lora_config(recipe, model=base))
+    adapted = {name.split(".layers.")[1].split(".")[0] for name, _ in model.named_parameters() if "lora_A" in name}
+    assert adapted == {str(base.config.num_hidden_layers - 1)}
+    needs_grad = {}
+    for index, layer in enumerate(model.get_base_model().model.layers):
+        layer.register_forward_hook(lambda module, args, out, i=index: needs_grad.__setitem__(
+            i, (out[0] if isinstance(out, tuple) else out).requires_grad))
+    model(input_ids=torch.randint(10, 1000, (2, 8)), labels=torch.randint(10, 1000, (2, 8))).loss.backward()
+    last = base.config.num_hidden_layers - 1
+    assert needs_grad == {**{i: False for i in range(last)}, last: True}, "the backward pass must stop at the adapters"
+    with pytest.raises(ValueError, match="needs the model"):
+        lora_config(recipe)
+    narrowed = load_recipe("viggo", LLMRecipe, [f"model.base={tiny_model_dir}", "lora.top_layers=1",
+                                                "lora.target_modules=[q_proj,v_proj]"])  # fmt: skip
+    model = get_peft_model(load_base_model(str(tiny_model_dir)), lora_config(narrowed, model=base))
+    assert {name.split(".")[-4] for name, _ in model.named_parameters() if "lora_A" in name} == {"q_proj", "v_proj"}
+    regex = load_recipe("viggo", LLMRecipe, [f"model.base={tiny_model_dir}", "lora.top_layers=1",
+                                             "lora.target_modules=.*proj"])  # fmt: skip
+    with pytest.raises(ValueError, match="not the pattern"):
+        lora_config(regex, model=base)
+
+
+@pytest.mark.parametrize("attention", ["eager", "sdpa"])
+def test_padding_free_packing_gives_the_loss_of_padded_rows(tiny_model_dir, attention):
+    """Padding-free packing (TRL's collator: rows concatenated, positions restarting at 0 per row, no attention
+    mask) must not let a row attend to its neighbours: the same rows give the same loss packed or padded. Training
+    runs without a KV cache, as here: with one, transformers does not look for packed rows in the positions."""
+    import torch
+    from trl.trainer.sft_trainer import DataCollatorForLanguageModeling
+
+    from gamesense.models.base import load_base_model
+
+    model = load_base_model(str(tiny_model_dir), dtype="float32", attn_implementation=attention).eval()
+    torch.manual_seed(0)
+    examples = []
+    for length, prompt in ((9, 5), (4, 2), (7, 3)):
+        ids = torch.randint(10, 1000, (length,)).tolist()
+        examples.append({"input_ids": ids, "labels": [-100] * prompt + ids[prompt:]})
+    losses = {}
+    for packed in (False, True):
+        batch = DataCollatorForLanguageModeling(pad_token_id=0, padding_free=packed)(examples)
+        assert ("attention_mask" in batch) is not packed and batch["input_ids"].shape[0] == (1 if packed else 3)
+        with torch.no_grad():
+            losses[packed] = model(**{k: v for k, v in batch.items() if k != "seq_idx"}, use_cache=False).loss.item()
+    assert losses[True] == pytest.approx(losses[False], rel=1e-5)
+
+
+def test_token_budget_sets_the_rows_per_batch(workdir, tiny_model_dir, viggo_dir, tmp_path):
+    """``runtime.batch_tokens``: rows per batch = budget / mean row length (the same budget fits short and long rows)."""
+    from gamesense.tasks import get_task
+    from gamesense.training.methods.base import StageInputs, build_records
+    from gamesense.training.stage import rows_for_token_budget, run_stage
+
+    assert rows_for_token_budget(1024, [60, 68]) == 16
+    assert rows_for_token_budget(1024, [250, 262]) == 4
+    assert rows_for_token_budget(10, [300]) == 1
+    with pytest.raises(ValueError, match="batch_tokens"):
+        rows_for_token_budget(1024, [])
+    steps = {}
+    for budget in (1, 10**6):
+        recipe = tiny_recipe(tiny_model_dir, viggo_dir, tmp_path, f"runtime.batch_tokens={budget}", "sft.max_steps=-1",
+                             "sft.num_train_epochs=1", "sft.save_strategy='no'")  # fmt: skip
+        task = get_task("viggo", recipe.task_options)
+        records = build_records("sft", task, task.load(viggo_dir / "train.csv", 6).examples)
+        result = run_stage("sft", StageInputs(recipe=recipe, task=task, train_records=records,
+                                              stage_dir=tmp_path / f"b{budget}", show_progress=False))  # fmt: skip
+        steps[budget] = result.metrics["train_steps"]
+    assert steps == {1: 6, 10**6: 1}  # a row per batch; every row in one batch

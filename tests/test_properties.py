@@ -6,7 +6,6 @@ Run with ``--hypothesis-show-statistics`` to see how many cases each property ra
 
 from __future__ import annotations
 
-import io
 import json
 import math
 import string

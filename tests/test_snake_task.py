@@ -4,7 +4,6 @@ a tiny random model (record -> SFT -> move accuracy + games on two boards -> reg
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import pytest
 from typer.testing import CliRunner

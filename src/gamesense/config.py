@@ -193,6 +193,8 @@ class LoraSection(StrictModel):
     alpha: int = Field(ge=1, description="LoRA scaling numerator (scale = alpha / r)")
     dropout: float = Field(ge=0.0, lt=1.0, description="dropout on the LoRA input")
     target_modules: str | list[str] = Field(description="modules that get adapters; all-linear: every linear layer")
+    top_layers: int | None = Field(None, ge=1, description="adapters in the last N decoder layers only: the backward "
+                                   "pass stops below them (null: every layer)")  # fmt: skip
 
 
 class GenerationSection(StrictModel):
@@ -223,11 +225,19 @@ class RuntimeSection(StrictModel):
     )
     trim_memory_every: int = Field(ge=0, description="CPU with glibc's heap: return freed heap to the OS every N steps "
                                    "(0: never; not needed with jemalloc, which make setup provides)")
-    compile: bool = Field(description="torch.compile each decoder layer for training (regional compilation)")
+    compile: bool | Literal["auto"] = Field(
+        description="torch.compile each decoder layer for training (regional compilation); auto: on a CPU only "
+        "(on an H200 it delayed a 1.7B model's first step to 48 s, and a 135M run was still compiling after 110 s)"
+    )
     threads: int | Literal["auto"] = Field(
         description="PyTorch CPU threads; auto: one per core that other processes leave free, chosen at start "
         "and re-checked every 30 s of training"
     )
+    batch_tokens: int | None = Field(None, ge=1, description="size training batches by tokens: rows per batch = this / "
+                                     "the mean tokenized training row (overrides per_device_train_batch_size); null: "
+                                     "the stage's per_device_train_batch_size")  # fmt: skip
+    cache_frozen_layers: bool = Field(True, description="with lora.top_layers: keep each row's output of the frozen "
+                                      "layers below the adapters from its first epoch and skip those layers after")  # fmt: skip
 
 
 def _format_value(value: Any) -> str:

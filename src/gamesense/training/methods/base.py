@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import re
 import typing
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
@@ -175,13 +176,55 @@ def _settings_model(cls: type) -> type[BaseModel]:
 # --- LoRA, shared by every method ---------------------------------------------------------------------------
 
 
-def lora_config(recipe: LLMRecipe, task_type: str = "CAUSAL_LM"):
-    """PEFT ``LoraConfig`` from the recipe's ``lora`` section."""
+def lora_config(recipe: LLMRecipe, task_type: str = "CAUSAL_LM", model=None):
+    """PEFT ``LoraConfig`` from the recipe's ``lora`` section.
+
+    Args:
+        model: the model the adapters go on; needed with ``lora.top_layers`` (its decoder layers are counted).
+
+    Raises:
+        ValueError: ``lora.top_layers`` without ``model``, or with ``target_modules`` given as a regex.
+    """
     from peft import LoraConfig
 
     lora = recipe.lora
-    return LoraConfig(r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout, target_modules=lora.target_modules,
+    targets = lora.target_modules
+    if lora.top_layers is not None:
+        if model is None:
+            raise ValueError("lora.top_layers needs the model, to count its decoder layers")
+        targets = top_layer_targets(model, lora.target_modules, lora.top_layers)
+    return LoraConfig(r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout, target_modules=targets,
                       task_type=task_type)  # fmt: skip
+
+
+_DECODER_LINEAR = re.compile(r"(?:.*\.)?layers\.(\d+)\.(?:.*\.)?([^.]+)")
+
+
+def top_layer_targets(model, target_modules: str | list[str], top_layers: int) -> str:
+    """A PEFT ``target_modules`` regex for the recipe's target modules inside the last ``top_layers`` decoder
+    layers (``...layers.<i>...``). Gradients then stop at the lowest adapted layer, so the backward pass skips the
+    layers below it: with 15 of SmolLM2-135M's 30 layers a CPU step is ~1.4x faster.
+
+    Raises:
+        ValueError: ``target_modules`` is a regex (only ``all-linear`` or a list of names can be narrowed), or the
+            model has no ``layers.<i>`` linear modules among the targets.
+    """
+    import torch
+
+    if isinstance(target_modules, str) and target_modules != "all-linear":
+        raise ValueError(f"lora.top_layers works with target_modules all-linear or a list of names, "
+                         f"not the pattern {target_modules!r}")  # fmt: skip
+    wanted = None if target_modules == "all-linear" else set(target_modules)
+    names = set()
+    for name, module in model.named_modules():
+        match = _DECODER_LINEAR.fullmatch(name)
+        if match and isinstance(module, torch.nn.Linear) and (wanted is None or match[2] in wanted):
+            names.add(match[2])
+    if not names:
+        raise ValueError(f"lora.top_layers: no linear modules {sorted(wanted or [])} inside layers.<i> of the model")
+    num_layers = model.config.num_hidden_layers
+    layers = "|".join(str(i) for i in range(max(0, num_layers - top_layers), num_layers))
+    return rf".*\.layers\.({layers})\.(?:.*\.)?({'|'.join(sorted(names))})"
 
 
 def load_policy(recipe: LLMRecipe, adapter: Path | None):
@@ -190,7 +233,7 @@ def load_policy(recipe: LLMRecipe, adapter: Path | None):
     model = load_base_model(recipe.model.base, dtype=recipe.model.dtype, load_in_4bit=recipe.model.load_in_4bit,
                             attn_implementation=recipe.model.attn_implementation, training=True)  # fmt: skip
     if adapter is None:
-        return model, lora_config(recipe)
+        return model, lora_config(recipe, model=model)
     from peft import PeftModel
 
     return PeftModel.from_pretrained(model, str(adapter), is_trainable=True), None

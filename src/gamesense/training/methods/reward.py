@@ -38,7 +38,7 @@ class Reward(TrainingMethod):
         model = load_reward_model(recipe, None, args.seed, init_policy=inputs.policy_adapter)
         return RewardTrainer(model=model, args=args, train_dataset=preference_dataset(inputs.train_records),
                              processing_class=load_tokenizer(recipe.model.base),
-                             peft_config=lora_config(recipe, "SEQ_CLS"))  # fmt: skip
+                             peft_config=lora_config(recipe, "SEQ_CLS", model))  # fmt: skip
 
     def after_training(self, trainer, inputs: StageInputs, adapter_dir: Path, main_process: bool) -> dict[str, float]:
         """Records the policy the reward model started from; scores the held-out pairs."""
