@@ -1,6 +1,7 @@
 """Schemathesis against the OpenAPI schema the real server serves (uvicorn on 127.0.0.1, a model trained into a
 SQLite MLflow store): generated valid and invalid requests to every operation get no 5xx, only documented status
-codes and content types, and bodies that match the schema; invalid requests are refused with a 4xx."""
+codes and content types, and bodies that match the schema; invalid requests are refused with a 4xx. The server
+runs behind an API key, as in production, and the fuzzer sends it."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from support import isolated_workdir, served_on_localhost
 from typer.testing import CliRunner
 
 DATA = Path(__file__).resolve().parents[1].parent / "shared" / "datasets" / "engagement" / "online_gaming_behavior.csv"
+KEY = "sk-schemathesis-key"
 CASES_PER_MODE = 150  # per operation and generation mode: about 30 s on 2 idle cores
 
 pytestmark = [pytest.mark.slow, pytest.mark.skipif(not DATA.is_file(), reason="engagement dataset not available")]
@@ -34,7 +36,8 @@ def served(tmp_path_factory):
         assert runner.invoke(cli, ["engagement", "promote", "--eval-file", str(root / "heldout.csv")]).exit_code == 0
         # the body limit well above any generated body: a body both oversized and invalid answers 413, which
         # schemathesis counts as an invalid request accepted (413 itself is tested in test_engagement_hardening)
-        app = create_app(reload_interval_s=60, max_batch=50, max_body_bytes=8 * 1024 * 1024)
+        app = create_app(reload_interval_s=60, max_batch=50, max_body_bytes=8 * 1024 * 1024, api_keys=[KEY],
+                         public_paths=["/openapi.json"])  # fmt: skip
         with served_on_localhost(app) as url:
             yield url
 
@@ -51,6 +54,8 @@ def test_served_openapi_schema_holds_under_generated_requests(served, capsys):
     checks = [not_a_server_error, status_code_conformance, content_type_conformance, response_schema_conformance]
     counts: dict[str, int] = {}
     session = requests.Session()
+    session.headers["Authorization"] = f"Bearer {KEY}"
+    assert requests.get(f"{served}/healthz").status_code == 401  # the key is really checked
     for operation in schema.get_all_operations():
         operation = operation.ok()
         for mode in (GenerationMode.POSITIVE, GenerationMode.NEGATIVE):

@@ -263,8 +263,10 @@ def test_serve_uses_the_recipe_limits(monkeypatch):
     monkeypatch.setattr("gamesense.serving.engagement.api.create_app", lambda *a, **kw: seen.update(kw) or object())
     monkeypatch.setattr("uvicorn.run", lambda *a, **kw: None)
     engagement_cli.serve(host="127.0.0.1", port=0, recipe="engagement", set_=["serving.max_batch=7"],
-                         reload_interval=None, log_level="warning")  # fmt: skip
+                         reload_interval=None, api_key=["sk-engagement-1"], api_keys_file=None, no_auth=False,
+                         public=None, log_level="warning")  # fmt: skip
     assert seen["max_batch"] == 7 and seen["max_body_bytes"] == 8 * 1024 * 1024
+    assert seen["api_keys"] == ("sk-engagement-1",)
 
 
 # --- 7-8. one error boundary; predict and train say what they rejected ----------------------------------------

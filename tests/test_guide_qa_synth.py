@@ -459,7 +459,9 @@ def test_synth_command_is_mounted_from_the_task_hook(tmp_path):
         args = ["qa", "--guides", str(guide), "--out", str(out), "--teacher-url", f"{url}/v1", "--cache-dir",
                 str(tmp_path / "cache"), "--max-retries", "0", "--no-judge"]  # fmt: skip
         result = runner.invoke(build(host=None), args)
-    assert result.exit_code == 0, result.output
+    # the "Broken" section's call fails: the pairs are written, and the exit status says the set is incomplete
+    # (before: exit 0, issue 22)
+    assert result.exit_code == 3 and "1 teacher calls failed" in result.output, result.output
     assert "near_duplicate" in result.output and f"wrote {len(out.read_text().splitlines())} pairs" in result.output
     down_args = [*args[:5], "--teacher-url", "http://127.0.0.1:9/v1", "--cache-dir", str(tmp_path / "empty"), *args[9:]]
     down = runner.invoke(build(host=None), down_args)  # (with the first cache it would need no server at all)

@@ -13,13 +13,15 @@ work needs on top of the SDK:
 - **on-disk cache**: one JSON file per request under ``cache_dir`` (default
   ``<workdir>/teacher-cache``), keyed by the sha256 of (model, messages, parameters) - not the base URL, so
   the same model behind another address hits the same entries. An interrupted or repeated run costs nothing
-  twice. Only successful answers are cached.
+  twice. Only successful answers are cached; on close the cache is brought back to ``max_cache_mb`` (1 GiB),
+  least recently used answers first.
 
 Callers parse the returned text themselves (a judge's verdict, a generator's Q&A pairs).
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -131,6 +133,8 @@ class Teacher:
         timeout_s: seconds one HTTP request may take.
         cache_dir: where answers are cached; default ``<workdir>/teacher-cache``; ``False`` turns caching off.
         max_consecutive_failures: give the rest of a batch up after this many failures in a row with no success.
+        max_cache_mb: size the cache is brought back to when the teacher closes, least recently used answers
+            deleted first (None: no limit).
 
     Raises:
         ValueError: empty ``base_url`` or ``model``, or ``concurrency`` < 1.
@@ -138,7 +142,7 @@ class Teacher:
 
     def __init__(self, base_url: str, model: str, api_key: str | None = None, concurrency: int = 8,
                  max_retries: int = 5, timeout_s: float = 120.0, cache_dir: str | Path | None | bool = None,
-                 max_consecutive_failures: int = 16):  # fmt: skip
+                 max_consecutive_failures: int = 16, max_cache_mb: float | None = 1024):  # fmt: skip
         import openai
 
         if not base_url or not base_url.strip():
@@ -155,6 +159,7 @@ class Teacher:
             self.cache_dir = None
         else:
             self.cache_dir = Path(cache_dir) if cache_dir else work_dir() / "teacher-cache"
+        self.max_cache_bytes = None if max_cache_mb is None else int(max_cache_mb * 1024 * 1024)
         self.stats = TeacherStats()
         key = api_key or os.environ.get("OPENAI_API_KEY") or LOCAL_API_KEY
         self._client = openai.OpenAI(base_url=self.base_url, api_key=key, max_retries=max_retries, timeout=timeout_s)
@@ -180,6 +185,7 @@ class Teacher:
             return None
         try:
             entry = json.loads(path.read_text(encoding="utf-8"))
+            os.utime(path)  # recently used: evicted last
             return Result(text=str(entry["text"]), cached=True, finish_reason=entry.get("finish_reason"))
         except (OSError, ValueError, KeyError):
             return None  # a torn or foreign file: ask the server again and overwrite it
@@ -270,9 +276,29 @@ class Teacher:
             bar.close()
         return [r for r in results if r is not None]
 
+    def prune_cache(self) -> int:
+        """Delete the least recently used cached answers (by file time: written or last read) until the cache
+        holds at most ``max_cache_mb``; returns how many were deleted."""
+        if self.cache_dir is None or self.max_cache_bytes is None or not self.cache_dir.is_dir():
+            return 0
+        entries = []
+        for path in self.cache_dir.glob("*/*.json"):
+            with contextlib.suppress(OSError):
+                info = path.stat()
+                entries.append((info.st_mtime, info.st_size, path))
+        total, deleted = sum(size for _, size, _ in entries), 0
+        for _, size, path in sorted(entries):
+            if total <= self.max_cache_bytes:
+                break
+            path.unlink(missing_ok=True)
+            total, deleted = total - size, deleted + 1
+        return deleted
+
     def close(self) -> None:
-        """Close the HTTP connections."""
+        """Close the HTTP connections and bring the cache back to its size limit."""
         self._client.close()
+        with contextlib.suppress(OSError):
+            self.prune_cache()
 
     def __enter__(self) -> Teacher:
         return self

@@ -118,3 +118,34 @@ def install_error_boundary(app: typer.Typer) -> None:
     for group in app.registered_groups:
         if group.typer_instance is not None:
             install_error_boundary(group.typer_instance)
+
+
+# --- options both servers share ----------------------------------------------------------------------------
+
+ApiKeyOpt = typer.Option(None, "--api-key", help="accepted API key, sent as Authorization: Bearer KEY (repeatable; "
+                         "also --api-keys-file and GAMESENSE_API_KEYS, comma-separated)")  # fmt: skip
+ApiKeysFileOpt = typer.Option(None, "--api-keys-file", help="file with one API key per line (# comments)")
+NoAuthOpt = typer.Option(False, "--no-auth", help="serve on a non-loopback address without keys (something in front "
+                         "of the server checks callers)")  # fmt: skip
+PublicOpt = typer.Option(None, "--public", help="path open without a key besides /livez, e.g. /metrics for a scraper "
+                         "(repeatable)")  # fmt: skip
+
+#: seconds uvicorn waits for open requests after SIGTERM before it closes them
+GRACEFUL_SHUTDOWN_S = 10
+
+
+def server_api_keys(host: str, keys: list[str] | None, keys_file, no_auth: bool) -> tuple[str, ...]:
+    """The API keys a server accepts (:func:`gamesense.serving.access.load_api_keys`); exits 2 with one line for a
+    bad keys file or a non-loopback ``host`` without keys and without ``--no-auth``. Keys are never printed."""
+    from gamesense.serving.access import bind_refusal, load_api_keys
+
+    try:
+        found = load_api_keys(keys or (), keys_file)
+    except ValueError as err:
+        fail(err)
+    refusal = bind_refusal(host, found, no_auth)
+    if refusal:
+        fail(refusal)
+    typer.echo(f"API keys: {len(found)} accepted" if found else "API keys: none (anyone who reaches the port may call it)",
+               err=True)  # fmt: skip
+    return found

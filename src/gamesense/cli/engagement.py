@@ -12,7 +12,8 @@ from typing import Optional
 
 import typer
 
-from gamesense.cli.common import fail, load_recipe_or_exit
+from gamesense.cli.common import (GRACEFUL_SHUTDOWN_S, ApiKeyOpt, ApiKeysFileOpt, NoAuthOpt, PublicOpt, fail,
+                                  load_recipe_or_exit, server_api_keys)  # fmt: skip
 
 app = typer.Typer(help="Player-engagement model (High/Medium/Low): train, promote, predict, monitor.", no_args_is_help=True)
 
@@ -217,15 +218,22 @@ def serve(
     recipe: str = RecipeOpt,
     set_: Optional[list[str]] = SetOpt,
     reload_interval: Optional[float] = typer.Option(None, help="seconds between alias checks (default: recipe)"),
+    api_key: Optional[list[str]] = ApiKeyOpt,
+    api_keys_file: Optional[Path] = ApiKeysFileOpt,
+    no_auth: bool = NoAuthOpt,
+    public: Optional[list[str]] = PublicOpt,
     log_level: str = typer.Option("warning", help="uvicorn log level"),
 ) -> None:
-    """Start the online inference API (FastAPI + uvicorn); follows the `champion` alias without restart."""
+    """Start the online inference API (FastAPI + uvicorn); follows the `champion` alias without restart. With API
+    keys, every path but /livez (and --public ones) needs Authorization: Bearer KEY (docs/operations.md)."""
     cfg = _recipe(recipe, set_)
+    keys = server_api_keys(host, api_key, api_keys_file, no_auth)
     import uvicorn
 
     from gamesense.serving.engagement.api import create_app
 
     api = create_app(cfg.registry.model_name, cfg.serving.alias, cfg.registry.tracking_uri,
                      reload_interval or cfg.serving.reload_interval_s, max_batch=cfg.serving.max_batch,
-                     max_body_bytes=cfg.serving.max_body_bytes)  # fmt: skip
-    uvicorn.run(api, host=host, port=port, log_level=log_level, access_log=False)
+                     max_body_bytes=cfg.serving.max_body_bytes, api_keys=keys, public_paths=public or ())  # fmt: skip
+    uvicorn.run(api, host=host, port=port, log_level=log_level, access_log=False,
+                timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_S)  # fmt: skip

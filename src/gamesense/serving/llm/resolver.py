@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import re
 import shutil
 import threading
@@ -29,6 +30,31 @@ log = logging.getLogger(__name__)
 
 #: model names that select the base model (besides the base model's own id)
 BASE_NAMES = ("base",)
+
+
+#: seconds an adapter directory stays on disk after it was last asked for, whatever ``max_cached`` says
+PRUNE_AFTER_S = 60.0
+
+
+def process_cache_dir(root: Path) -> Path:
+    """``root/<this process id>``, after deleting the directories that processes which are gone left in ``root``
+    (a server's downloads live as long as the server)."""
+    root = Path(root)
+    if root.is_dir():
+        for entry in root.iterdir():
+            if entry.is_dir() and not (entry.name.isdigit() and _alive(int(entry.name))):
+                shutil.rmtree(entry, ignore_errors=True)
+    return root / str(os.getpid())
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True
 
 
 class ModelNotFound(LookupError):
@@ -75,10 +101,16 @@ class ModelResolver:
             request names a model not seen yet).
         alias_ttl_s: how long an alias -> version answer is reused.
         cache_dir: where adapter versions are downloaded.
+        max_cached: most adapter versions kept on disk (None: all); beyond it the least recently asked for, unused
+            for :data:`PRUNE_AFTER_S`, is deleted (one in memory stays served; asked for again, it is downloaded
+            again).
     """
 
-    def __init__(self, base: str, models: Sequence[str] | None, alias_ttl_s: float, cache_dir: Path):
+    def __init__(self, base: str, models: Sequence[str] | None, alias_ttl_s: float, cache_dir: Path,
+                 max_cached: int | None = None):  # fmt: skip
         self.base, self.alias_ttl_s, self.cache_dir = base, alias_ttl_s, Path(cache_dir)
+        self.max_cached = max_cached
+        self._last_used: dict[str, float] = {}
         self.explicit = list(models) if models is not None else None
         self._served: dict[str, ServedModel] = {}
         self._listed_at = float("-inf")
@@ -151,8 +183,10 @@ class ModelResolver:
                 self._versions[key] = cached
             version = cached[0]
             akey = adapter_key(ref.name, str(version.version))
+            self._last_used[akey] = time.monotonic()
             if akey in self._adapters:
                 return self._adapters[akey]
+            self._prune(keep=akey)
             path = download_version(version, self._fresh_dir(akey))
             config_file = path / "adapter_config.json"
             if not config_file.is_file():
@@ -167,6 +201,24 @@ class ModelResolver:
             adapter = Adapter(akey, path, ref.name, str(version.version), int(config.get("r") or 0))
             self._adapters[akey] = adapter
             return adapter
+
+    def _prune(self, keep: str) -> None:
+        """Delete the least recently asked-for adapter directories beyond ``max_cached`` (each idle for
+        :data:`PRUNE_AFTER_S`, so a request resolved a moment ago still finds its files)."""
+        if self.max_cached is None:
+            return
+        now = time.monotonic()
+        idle = sorted((self._last_used.get(k, 0.0), k) for k in self._adapters if k != keep)
+        for used, key in idle[: max(0, len(self._adapters) + 1 - self.max_cached)]:
+            if now - used < PRUNE_AFTER_S:
+                break
+            shutil.rmtree(self._adapters.pop(key).path, ignore_errors=True)
+            log.info("deleted the downloaded adapter %s (least recently used)", key)
+
+    def close(self) -> None:
+        """Delete every downloaded adapter (the server stops)."""
+        shutil.rmtree(self.cache_dir, ignore_errors=True)
+        self._adapters.clear()
 
     def _fresh_dir(self, key: str) -> Path:
         path = self.cache_dir / key

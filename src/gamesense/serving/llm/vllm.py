@@ -6,7 +6,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from pathlib import Path
 
-from gamesense.models.base import resolve_base_model
+from gamesense.models.base import ModelUnavailable, resolve_base_model
 from gamesense.registry.refs import CHAMPION
 from gamesense.serving.llm.requests import Adapter
 from gamesense.serving.llm.resolver import ModelResolver
@@ -59,4 +59,8 @@ def registry_command(base: str, models: Sequence[str] | None, cache_dir: Path, h
         RequestError: a served version that is not an adapter of ``base``; LookupError: an unknown alias.
     """
     resolver = ModelResolver(base, models, alias_ttl_s=0.0, cache_dir=cache_dir)
-    return vllm_command(resolve_base_model(base), vllm_modules(resolver), host, port, max_loras, ("base", base))
+    try:
+        local = resolve_base_model(base)
+    except ModelUnavailable:  # a hub id this machine cannot fetch: vLLM fetches it where it runs
+        local = base
+    return vllm_command(local, vllm_modules(resolver), host, port, max_loras, ("base", base))

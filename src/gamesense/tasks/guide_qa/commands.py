@@ -74,7 +74,8 @@ def synth_qa(
     """Chunk game guides, ask a teacher model for question-answer pairs per chunk (prompt variants seeded per
     chunk), filter them (parse, length, mentions of the guide rewritten, groundedness, LLM judge, near-duplicates)
     and write the kept pairs with their provenance, the rejects and a summary. Teacher answers are cached on disk,
-    so a repeated or interrupted run asks nothing twice."""
+    so a repeated or interrupted run asks nothing twice. Exit 3 when some teacher calls failed (what they did not
+    produce is missing: run again)."""
     from rich.console import Console
 
     from gamesense.tasks.guide_qa.chunking import ChunkSizes
@@ -104,3 +105,7 @@ def synth_qa(
     console.print(f"teacher calls: {calls['calls']} answered, {calls['errors']} failed, {calls['cache_hits']} from the "
                   f"cache; wall time {summary['wall_time_s']:.1f} s")  # fmt: skip
     console.print(f"wrote {summary['kept']} pairs to {result.out}\nrejects: {result.rejected}\nsummary: {result.summary_path}")
+    if calls["errors"]:  # the pairs written are good, but the set is incomplete: a job must not take it as done
+        typer.secho(f"error: {calls['errors']} teacher calls failed (reasons in the rejects file); run the same "
+                    "command again to ask only those (answers are cached)", fg="red", err=True)  # fmt: skip
+        raise typer.Exit(3)
