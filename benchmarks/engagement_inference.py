@@ -6,7 +6,8 @@ Uses the ``champion`` of the MLflow store in ``--workdir`` (default: a fresh tem
 trained and promoted first). Batch: 1M rows synthesized by resampling the validated data; timed separately
 for schema validation and model scoring (best of ``--repeat``), plus the sklearn Pipeline on 100k rows for
 comparison. Online: ``gamesense serve`` in a subprocess on 127.0.0.1, single-player requests sent at a fixed
-rate by a bounded open-loop schedule over one keep-alive connection.
+rate by a bounded open-loop schedule over one keep-alive connection, once without and once with an API key
+(``Authorization: Bearer``, as in production), side by side.
 """
 
 from __future__ import annotations
@@ -34,11 +35,20 @@ def ensure_champion(recipe) -> None:
 
     setup_tracking(recipe.registry.tracking_uri, recipe.registry.experiment)
     if get_version_by_alias(recipe.registry.model_name, CHAMPION) is None:
-        print("no champion: training one (no baselines, no CV)...", flush=True)
-        cfg = recipe.model_copy(update={"baselines": [], "plots": False})
-        cfg.data.cv_folds = 0
+        print("no champion: training one on 80% of the data (no baselines, no CV), gated on the other 20%...", flush=True)
+        import pandas as pd
+
+        frame = pd.read_csv(recipe.data.train_file).sample(frac=1.0, random_state=0)
+        split = int(len(frame) * 0.8)
+        work = Path(os.environ["GAMESENSE_WORKDIR"])
+        work.mkdir(parents=True, exist_ok=True)
+        frame.iloc[:split].to_csv(work / "bench-train.csv", index=False)
+        frame.iloc[split:].to_csv(work / "bench-heldout.csv", index=False)
+        cfg = recipe.model_copy(update={"baselines": [], "plots": False}, deep=True)
+        cfg.data.cv_folds, cfg.data.train_file = 0, str(work / "bench-train.csv")
+        cfg.data.eval_file = str(work / "bench-heldout.csv")
         train_engagement(cfg)
-        promote_engagement(recipe)
+        promote_engagement(cfg)
 
 
 def bench_batch(recipe, data: Path, rows: int, repeat: int) -> dict:
@@ -80,17 +90,19 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def bench_online(rate: float, n: int, warmup: int = 50) -> dict:
+def bench_online(rate: float, n: int, warmup: int = 50, api_key: str | None = None) -> dict:
     import httpx
 
     port = free_port()
     cmd = [sys.executable, "-c", "from gamesense.cli import app; app()", "serve", "engagement", "--port", str(port)]
-    proc = subprocess.Popen(cmd, env=os.environ.copy())
+    env = {**os.environ, "GAMESENSE_API_KEYS": api_key or ""}
+    proc = subprocess.Popen(cmd, env=env)
+    headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
     player = {"PlayerID": 1, "Age": 30, "Gender": "Male", "Location": "USA", "GameGenre": "RPG",
               "PlayTimeHours": 5.5, "InGamePurchases": 1, "GameDifficulty": "Easy", "SessionsPerWeek": 12,
               "AvgSessionDurationMinutes": 150, "PlayerLevel": 40, "AchievementsUnlocked": 20}  # fmt: skip
     try:
-        with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=10) as client:
+        with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=10, headers=headers) as client:
             deadline = time.time() + 60
             while True:
                 try:
@@ -133,6 +145,7 @@ def main() -> None:
     ap.add_argument("--rate", type=float, default=100.0, help="requests per second")
     ap.add_argument("--requests", type=int, default=1000)
     ap.add_argument("--skip-online", action="store_true")
+    ap.add_argument("--skip-batch", action="store_true")
     args = ap.parse_args()
     os.environ["GAMESENSE_WORKDIR"] = args.workdir or tempfile.mkdtemp(prefix="gamesense-bench-")
     from gamesense.config import load_recipe
@@ -140,15 +153,18 @@ def main() -> None:
 
     recipe = load_recipe("engagement", EngagementRecipe, [f"data.train_file={args.data}"])
     ensure_champion(recipe)
-    b = bench_batch(recipe, Path(args.data), args.rows, args.repeat)
-    print(f"batch ({b['rows']:,} rows, model v{b['model_version']}, {b['predictor']}): "
-          f"scoring {b['score_rows_per_s']:,.0f} rows/s | validation {b['validate_rows_per_s']:,.0f} rows/s | "
-          f"validate+score {b['end_to_end_rows_per_s']:,.0f} rows/s | sklearn Pipeline {b['sklearn_pipeline_rows_per_s']:,.0f} rows/s")  # fmt: skip
+    b = None if args.skip_batch else bench_batch(recipe, Path(args.data), args.rows, args.repeat)
+    if b:
+        print(f"batch ({b['rows']:,} rows, model v{b['model_version']}, {b['predictor']}): "
+              f"scoring {b['score_rows_per_s']:,.0f} rows/s | validation {b['validate_rows_per_s']:,.0f} rows/s | "
+              f"validate+score {b['end_to_end_rows_per_s']:,.0f} rows/s | sklearn Pipeline "
+              f"{b['sklearn_pipeline_rows_per_s']:,.0f} rows/s")  # fmt: skip
     if not args.skip_online:
-        o = bench_online(args.rate, args.requests)
-        print(f"online ({o['requests']} single-player requests at {o['rate_target']:.0f}/s, achieved "
-              f"{o['rate_achieved']:.1f}/s): p50 {o['p50_ms']:.2f} ms | p90 {o['p90_ms']:.2f} ms | "
-              f"p99 {o['p99_ms']:.2f} ms | max {o['max_ms']:.2f} ms")  # fmt: skip
+        for label, key in (("no API key", None), ("with an API key", "sk-bench-engagement-key")):
+            o = bench_online(args.rate, args.requests, api_key=key)
+            print(f"online, {label} ({o['requests']} single-player requests at {o['rate_target']:.0f}/s, achieved "
+                  f"{o['rate_achieved']:.1f}/s): p50 {o['p50_ms']:.2f} ms | p90 {o['p90_ms']:.2f} ms | "
+                  f"p99 {o['p99_ms']:.2f} ms | max {o['max_ms']:.2f} ms", flush=True)  # fmt: skip
 
 
 if __name__ == "__main__":

@@ -68,12 +68,13 @@ def test_served_openapi_schema_holds_under_generated_requests(served, capsys):
     assert counts["POST /v1/engagement/predict positive"] > 0 and counts["POST /v1/engagement/predict negative"] > 0
 
 
-def _fuzz(operation, mode, key: str, counts: dict[str, int], checks: list, base_url: str, session) -> None:
-    """Run ``CASES_PER_MODE`` generated requests of one operation and mode; a failed check fails the test."""
+def _fuzz(operation, mode, key: str, counts: dict[str, int], checks: list, base_url: str, session,
+          cases: int = CASES_PER_MODE) -> None:  # fmt: skip
+    """Run ``cases`` generated requests of one operation and mode; a failed check fails the test."""
     from hypothesis import HealthCheck, given, settings
     from hypothesis.errors import Unsatisfiable
 
-    @settings(max_examples=CASES_PER_MODE, deadline=None, database=None, suppress_health_check=list(HealthCheck))
+    @settings(max_examples=cases, deadline=None, database=None, suppress_health_check=list(HealthCheck))
     @given(case=operation.as_strategy(generation_mode=mode))
     def run(case):
         counts[key] += 1

@@ -106,6 +106,9 @@ def test_llm_server_answers_401_without_a_valid_key_on_every_route_but_livez(roo
         assert ask(client(url)).choices[0].finish_reason in ("stop", "length")
         assert ask(client(url, "sk-second-key-3")).usage.completion_tokens >= 1
         assert httpx.get(f"{url}/docs", headers=AUTH).status_code == 200
+        spec = httpx.get(f"{url}/openapi.json", headers=AUTH).json()
+        assert spec["components"]["securitySchemes"]["bearerAuth"]["scheme"] == "bearer"
+        assert spec["paths"]["/v1/chat/completions"]["post"]["security"] == [{"bearerAuth": []}]
         assert 'status="401"' in httpx.get(f"{url}/metrics", headers=AUTH).text
     logged = caplog.text + "".join(capfd.readouterr())
     assert KEY not in logged and WRONG not in logged and "sk-second" not in logged

@@ -134,3 +134,26 @@ class APIKeyAuth:
         message = "missing or invalid API key: send Authorization: Bearer <key>"
         response = JSONResponse(self.error_body(message), status_code=401, headers={"WWW-Authenticate": "Bearer"})
         await response(scope, receive, send)
+
+
+def declare_bearer_auth(app, public_paths: Iterable[str] = ()) -> None:
+    """Declare ``Authorization: Bearer`` in ``app``'s OpenAPI schema (a ``bearerAuth`` security scheme on every
+    operation but those of ``public_paths`` and ``/livez``), so ``/docs`` offers to enter a key and clients and
+    fuzzers generated from the schema send it."""
+    open_paths = frozenset((*ALWAYS_PUBLIC, *public_paths))
+    build = app.openapi
+
+    def openapi() -> dict:
+        if app.openapi_schema is None:
+            schema = build()
+            schema.setdefault("components", {}).setdefault("securitySchemes", {})["bearerAuth"] = {
+                "type": "http", "scheme": "bearer", "description": "one of the server's API keys"}  # fmt: skip
+            for path, item in schema.get("paths", {}).items():
+                for operation in item.values():
+                    if path not in open_paths and isinstance(operation, dict):
+                        operation["security"] = [{"bearerAuth": []}]
+                        operation.setdefault("responses", {})["401"] = {"description": "missing or invalid API key"}
+            app.openapi_schema = schema
+        return app.openapi_schema
+
+    app.openapi = openapi

@@ -27,7 +27,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, G
 from pydantic import BaseModel, ConfigDict, Field, create_model
 
 from gamesense.registry.refs import CHAMPION
-from gamesense.serving.access import APIKeyAuth, route_label
+from gamesense.serving.access import APIKeyAuth, declare_bearer_auth, route_label
 from gamesense.serving.alias_follower import AliasFollower, registry_follower
 from gamesense.serving.body_limit import BodySizeLimit
 from gamesense.serving.engagement.predictor import load_engagement_model
@@ -194,6 +194,8 @@ def create_app(
                        on_reject=lambda route, status: requests.labels(route, str(status)).inc())  # fmt: skip
     app.add_middleware(APIKeyAuth, keys=api_keys, public_paths=public_paths,
                        on_reject=lambda route: requests.labels(route, "401").inc())  # fmt: skip
+    if api_keys:
+        declare_bearer_auth(app, public_paths)
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(request: Request, exc: RequestValidationError):

@@ -35,7 +35,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from gamesense.models.base import BUILTIN_MODEL_ID
 from gamesense.registry.mlflow_store import setup_tracking
-from gamesense.serving.access import APIKeyAuth, route_label
+from gamesense.serving.access import APIKeyAuth, declare_bearer_auth, route_label
 from gamesense.serving.body_limit import BodySizeLimit
 from gamesense.serving.llm.engine import LLMEngine
 from gamesense.serving.llm.metrics import ServerMetrics
@@ -135,6 +135,8 @@ def create_app(
     app.add_middleware(APIKeyAuth, keys=api_keys, public_paths=public_paths,
                        error_body=lambda message: error_body(message, code="invalid_api_key"),
                        on_reject=lambda route: metrics.requests.labels(route, "unknown", "401").inc())  # fmt: skip
+    if api_keys:
+        declare_bearer_auth(app, public_paths)
 
     @app.exception_handler(APIError)
     async def _api_error(request: Request, exc: APIError):
