@@ -20,7 +20,6 @@ from __future__ import annotations
 import argparse
 import os
 import random
-import socket
 import subprocess
 import sys
 import tempfile
@@ -32,7 +31,8 @@ from pathlib import Path
 import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from llm_server import PROMPTS, percentile, random_adapters  # noqa: E402  (benchmarks/ is not a package)
+from engagement_inference import free_port  # noqa: E402  (benchmarks/ is not a package)
+from llm_server import PROMPTS, percentile, random_adapters  # noqa: E402
 
 KEY = "sk-soak-" + "0" * 24
 
@@ -43,12 +43,6 @@ def rss_mb(pid: int) -> float:
         if line.startswith("VmRSS:"):
             return int(line.split()[1]) / 1024
     return float("nan")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def one_request(http: httpx.Client, model: str, prompt: str, max_tokens: int, stream: bool, leave: bool) -> tuple[str, float, int]:

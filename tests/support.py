@@ -23,6 +23,13 @@ def isolated_workdir(root: Path) -> Iterator[Path]:
         yield root / "work"
 
 
+def free_port() -> int:
+    """A TCP port of 127.0.0.1 that is free now."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
 @contextlib.contextmanager
 def served_on_localhost(app, start_timeout_s: float = 30.0) -> Iterator[str]:
     """``app`` served by uvicorn on a free port of 127.0.0.1 in a daemon thread; yields the base URL
@@ -30,9 +37,7 @@ def served_on_localhost(app, start_timeout_s: float = 30.0) -> Iterator[str]:
     after the block."""
     import uvicorn
 
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()
     server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()

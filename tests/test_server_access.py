@@ -15,7 +15,6 @@ import json
 import logging
 import os
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -24,7 +23,8 @@ import time
 import httpx
 import openai
 import pytest
-from support import isolated_workdir, served_on_localhost
+from support import free_port, isolated_workdir, served_on_localhost
+from test_engagement_hardening import one_line_error
 from typer.testing import CliRunner
 
 KEY, WRONG = "sk-gamesense-test-key-1", "sk-gamesense-wrong-key-2"
@@ -130,13 +130,6 @@ def test_engagement_api_answers_401_without_a_valid_key_and_opens_public_paths(r
     with served_on_localhost(opened) as url:
         assert httpx.get(f"{url}/metrics").status_code == 200
         assert httpx.get(f"{url}/healthz").status_code == 401
-
-
-def one_line_error(result, *words: str) -> None:
-    out = result.output.strip()
-    assert result.exit_code == 2 and len(out.splitlines()) == 1 and "Traceback" not in out, result.output
-    for word in words:
-        assert word in out, out
 
 
 def test_servers_refuse_a_public_address_without_a_key_and_read_keys_from_file_and_environment(tmp_path, tiny_model_dir,
@@ -294,12 +287,6 @@ def test_metrics_labels_and_logs_stay_bounded_whatever_clients_send(root, tiny_m
             api_log.level = level
         lines = [r.getMessage() for r in records if "ignored" in r.getMessage()]
         assert len(lines) == 1 and len(lines[0]) < 500 and "and 9995 more" in lines[0], lines[:3]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.mark.slow

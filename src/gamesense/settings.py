@@ -51,6 +51,17 @@ def same_file(a: str | Path, b: str | Path) -> bool:
         return False
 
 
+def process_alive(pid: int) -> bool:
+    """Whether a process with id ``pid`` runs on this machine (one of another user counts as running)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # alive, another user's
+        return True
+    return True
+
+
 def write_text_atomic(path: str | Path, text: str) -> None:
     """Write ``text`` (UTF-8) to ``path`` through a temporary file renamed into place, so a reader (another
     thread or process) sees the old file or the whole new one, never half of it; parent folders are created.

@@ -17,7 +17,7 @@ from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
 
 from gamesense.registry.refs import RegistryRef
-from gamesense.settings import work_dir
+from gamesense.settings import process_alive, work_dir
 
 
 os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
@@ -165,15 +165,7 @@ def run_owner_tags() -> dict[str, str]:
 def _owner_gone(owner: str | None) -> bool:
     """True when ``owner`` names a process of this machine that no longer exists (other machines: unknown, False)."""
     host, _, pid = (owner or "").rpartition(":")
-    if host != socket.gethostname() or not pid.isdigit():
-        return False
-    try:
-        os.kill(int(pid), 0)
-    except ProcessLookupError:
-        return True
-    except PermissionError:  # alive, another user's
-        return False
-    return False
+    return host == socket.gethostname() and pid.isdigit() and not process_alive(int(pid))
 
 
 def end_stale_runs(experiment: str, also: str | None = None) -> list[str]:

@@ -192,7 +192,6 @@ def first_stop(text: str, stops: Sequence[str], start: int = 0) -> int:
     return min((j for j in (text.find(s, max(0, start - len(s) + 1)) for s in stops if s) if j >= 0), default=-1)
 
 
-
 def held_back(text: str, stops: Sequence[str]) -> int:
     """How many characters at the end of ``text`` must wait: a trailing U+FFFD (an incomplete multi-byte
     character) and the longest suffix that is a proper prefix of a stop string.

@@ -25,6 +25,7 @@ from gamesense.models.base import resolve_base_model
 from gamesense.registry.mlflow_store import download_version, resolve_version
 from gamesense.registry.refs import RegistryRef, is_registry_ref, parse_model_name
 from gamesense.serving.llm.requests import Adapter, RequestError
+from gamesense.settings import process_alive
 
 log = logging.getLogger(__name__)
 
@@ -42,19 +43,9 @@ def process_cache_dir(root: Path) -> Path:
     root = Path(root)
     if root.is_dir():
         for entry in root.iterdir():
-            if entry.is_dir() and not (entry.name.isdigit() and _alive(int(entry.name))):
+            if entry.is_dir() and not (entry.name.isdigit() and process_alive(int(entry.name))):
                 shutil.rmtree(entry, ignore_errors=True)
     return root / str(os.getpid())
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # another user's process
-        return True
-    return True
 
 
 class ModelNotFound(LookupError):
