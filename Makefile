@@ -6,7 +6,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 PIP := $(BIN)/python -m pip --disable-pip-version-check -q
 
-.PHONY: setup jemalloc demo engagement-demo test test-fast bench clean
+.PHONY: setup jemalloc llama-cpp demo engagement-demo test test-fast bench clean
 
 setup: $(VENV)/.installed
 
@@ -26,6 +26,14 @@ $(VENV)/.installed: pyproject.toml
 jemalloc:
 	cd $(VENV) && rm -rf jemalloc libjemalloc2_*.deb && apt-get download -qq libjemalloc2 2>/dev/null \
 		&& dpkg -x libjemalloc2_*.deb jemalloc && rm -f libjemalloc2_*.deb && echo "jemalloc: $$(ls jemalloc/usr/lib/*/libjemalloc.so.2)"
+
+# llama.cpp's runtime and quantizer for `gamesense export` (k-quants; llama.cpp's column of the parity check), built
+# from llama-cpp-python's PyPI source for this CPU (about 12 minutes on 2 cores). Optional. AMX is left out: llama.cpp's
+# AMX kernels stopped with an illegal instruction on our Xeon VM (its AVX-512 kernels run instead).
+LLAMA_CPP_FLAGS := -mno-amx-int8 -mno-amx-tile -mno-amx-bf16
+llama-cpp: setup
+	CMAKE_ARGS="-DCMAKE_C_FLAGS='$(LLAMA_CPP_FLAGS)' -DCMAKE_CXX_FLAGS='$(LLAMA_CPP_FLAGS)'" \
+		$(PIP) install --no-binary llama-cpp-python llama-cpp-python==0.3.36
 
 demo: setup
 	$(BIN)/gamesense finetune $(ARGS)

@@ -413,22 +413,104 @@ def chat(
         history = messages + [{"role": "assistant", "content": reply}]
 
 
+@app.command()
+def export(
+    model: str = typer.Option(..., "--model", "-m", help="models:/NAME@ALIAS | models:/NAME/VERSION, an adapter "
+                              "directory or stage checkpoint, or a base model"),  # fmt: skip
+    formats: Optional[list[str]] = typer.Option(None, "--format", "-f", help="merged (Hugging Face folder: "
+                                                "safetensors, tokenizer, chat template) or gguf (llama.cpp / "
+                                                "Ollama); repeatable (default: gguf)"),  # fmt: skip
+    quants: Optional[list[str]] = typer.Option(None, "--quant", "-q", help="GGUF quantization, repeatable "
+                                               "(default: q8_0): f32, f16, bf16, q8_0, q5_1, q5_0, q4_1, q4_0; with "
+                                               "llama-cpp-python installed also q6_k, q5_k_m, q4_k_m"),  # fmt: skip
+    out: Optional[str] = typer.Option(None, "--out", "-o", help="output folder (default: <workdir>/exports/<name>)"),
+    data: Optional[str] = typer.Option(None, "--data", "-d", help="evaluation file for the parity check (default: "
+                                       "what the recipe evaluates on: data.eval_file or the task's validation slice)"),  # fmt: skip
+    parity: bool = typer.Option(True, "--parity/--no-parity", help="score every exported form beside the adapter "
+                                "on the evaluation rows (llama.cpp's runtime too, where installed)"),  # fmt: skip
+    max_rows: Optional[int] = typer.Option(None, "--max-rows", min=1, help="parity on the first N rows only"),
+    log: bool = typer.Option(True, "--log/--no-log", help="log the exports on the registry version (artifacts and "
+                             "export.* tags) when --model is a registry reference"),  # fmt: skip
+    recipe: Optional[str] = RecipeOpt,
+    overrides: Optional[list[str]] = SetOpt,
+) -> None:
+    """Ship a model into a game: merge its LoRA adapter into the base weights and write a Hugging Face folder
+    and/or GGUF files for llama.cpp and Ollama (each with an Ollama Modelfile holding the chat template, the
+    task's system prompt and stop strings), then check parity: the task's own metrics on the same evaluation
+    rows for the adapter and every exported form, read back by transformers and by llama.cpp. Exits 4 when a
+    merged, f16/bf16/f32 form loses more than 0.5 points of the gate metric, or q8_0 more than 1 point."""
+    from pathlib import Path
+
+    from gamesense.evaluation.export_parity import PARITY_BOUNDS, parity_failures, parity_table, size_on_disk
+    from gamesense.models.export import ExportError
+    from gamesense.pipelines.export import check_export_options, export_name, run_export
+    from gamesense.pipelines.llm_run import load_evaluation
+    from gamesense.registry.mlflow_store import setup_tracking
+    from gamesense.registry.refs import is_registry_ref
+    from gamesense.settings import work_dir
+
+    formats, quants = list(dict.fromkeys(formats or ["gguf"])), list(dict.fromkeys(quants or ["q8_0"]))
+    try:
+        check_export_options(formats, quants)
+    except ExportError as err:
+        fail(err)
+    show_progress_logs()
+    config, task = _recipe_and_task(recipe, overrides, model)
+    if is_registry_ref(model):
+        setup_tracking(config.registry.tracking_uri)
+    records, rows_from = None, None
+    if parity and "static" in task.evaluation:
+        try:
+            report = task.load(data, max_rows) if data else load_evaluation(config, task, max_rows=max_rows)[0]
+        except (ValueError, NotImplementedError) as err:
+            fail(err)
+        if not report.examples:
+            fail(f"{report.path}: no usable rows for the parity check ({len(report.skipped)} set aside)")
+        records, rows_from = task.eval_records(report.examples), report.path
+    try:
+        target = Path(out) if out else work_dir() / "exports" / export_name(model)
+        result = run_export(model, task, formats, quants, target, config.generation, records=records,
+                            log_to_registry=log, check=parity)  # fmt: skip
+    except (ExportError, FileNotFoundError, LookupError, ValueError) as err:
+        fail(err)
+    typer.echo(f"exported {model} in {result.export_seconds:.1f} s:")
+    for kind, path in result.files.items():
+        typer.echo(f"  {kind}: {path} ({size_on_disk(path) / 1e6:,.1f} MB)")
+        if kind in result.modelfiles:
+            typer.echo(f"  {kind} for Ollama: ollama create {path.stem} -f {result.modelfiles[kind]}")
+    for kind, uri in result.logged.items():
+        typer.echo(f"  logged on {model}: {uri}")
+    if not result.parity:
+        return
+    console = _console()
+    console.print(parity_table(result.parity, result.parity_metrics, title=f"parity on {len(records or [])} rows "
+                               f"of {rows_from}" if records else "parity"))  # fmt: skip
+    for row in result.parity:
+        if row.error:
+            typer.secho(f"{row.label} ({row.reader}): no score: {row.error}", fg="yellow", err=True)
+    broken = parity_failures(result.parity, task.gate_metric, task.higher_is_better)
+    if broken:
+        fail("parity: " + "; ".join(broken), code=4)
+    console.print(f"parity: within bounds ({task.gate_metric}: merged and f16 within {PARITY_BOUNDS['merged']} points "
+                  f"of the adapter, q8_0 within {PARITY_BOUNDS['gguf q8_0']})")  # fmt: skip
+
+
 @models_app.command("list")
 def models_list(
     name: Optional[str] = typer.Argument(None, help="one registered model (default: all)"),
     tracking_uri: Optional[str] = typer.Option(None, help="MLflow tracking URI (default: the working directory's SQLite store)"),
 ) -> None:
-    """Registered versions with their aliases and gate metric."""
+    """Registered versions with their aliases, gate metric and exports (``gamesense export``)."""
     from datetime import datetime
 
     from rich.table import Table
 
-    from gamesense.registry.mlflow_store import list_model_versions, setup_tracking
+    from gamesense.registry.mlflow_store import export_kinds, list_model_versions, setup_tracking
 
     setup_tracking(tracking_uri)
     rows = list_model_versions(name)
     table = Table(title="model registry")
-    for col in ("name", "version", "aliases", "created", "gate metric", "run"):
+    for col in ("name", "version", "aliases", "created", "gate metric", "exports", "run"):
         table.add_column(col)
     for row in rows:
         tags = row["tags"]
@@ -436,7 +518,7 @@ def models_list(
         shown = f"{metric}={float(tags[metric]):.4f}" if metric in tags else ""
         table.add_row(row["name"], row["version"], ", ".join(row["aliases"]),
                       datetime.fromtimestamp(row["created"] / 1000).strftime("%Y-%m-%d %H:%M"), shown,
-                      (row["run_id"] or "")[:8])  # fmt: skip
+                      ", ".join(export_kinds(tags)), (row["run_id"] or "")[:8])  # fmt: skip
     _console().print(table if rows else "the registry is empty: run `gamesense finetune` first")
 
 

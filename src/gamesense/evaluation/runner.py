@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from gamesense.config import GenerationSection
-from gamesense.evaluation.generation import generate_batch
+from gamesense.evaluation.generation import GenerationResult, generate_batch
 from gamesense.evaluation.policy import ModelPolicy
 from gamesense.tasks.base import Record, Task
 
@@ -56,6 +56,13 @@ def evaluate_static(
         raise ValueError("no evaluation examples: check the evaluation file")
     result = generate_batch(model.model, model.tokenizer, [r["prompt"] for r in records], generation,
                             stop_strings=task.stop_strings, progress=progress, desc=desc)  # fmt: skip
+    return score_generations(task, records, result, predictions_path)
+
+
+def score_generations(task: Task, records: Sequence[Record], result: GenerationResult, predictions_path: str | Path) -> EvalResult:
+    """Parse and score generated texts (``result.texts[i]`` answers ``records[i]``) with the task's metrics, and
+    write the predictions JSONL and the task's evaluation artifacts (next to it); any generator's output
+    (our decoding loop, llama.cpp) is scored the same way."""
     predictions = [task.parse_output(text) for text in result.texts]
     metrics = task.compute_metrics(predictions, records)
     metrics["gen_tokens_per_s"] = result.tokens_per_s

@@ -138,7 +138,11 @@ def load_tokenizer(name_or_path: str):
     (right for training is set by the collator)."""
     from transformers import AutoTokenizer
 
-    tokenizer = AutoTokenizer.from_pretrained(resolve_base_model(name_or_path))
+    return set_pad_token(AutoTokenizer.from_pretrained(resolve_base_model(name_or_path)))
+
+
+def set_pad_token(tokenizer):
+    """Give ``tokenizer`` a pad token distinct from EOS where its vocabulary has one (else EOS); returns it."""
     if tokenizer.pad_token is None or tokenizer.pad_token_id == tokenizer.eos_token_id:
         if _SEPARATE_PAD_TOKEN in tokenizer.get_vocab():
             tokenizer.pad_token = _SEPARATE_PAD_TOKEN

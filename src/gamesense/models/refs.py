@@ -3,6 +3,8 @@
 A reference is one of:
 - a registry reference: ``models:/gamesense-<task>@champion`` or ``models:/gamesense-<task>/3``;
 - a PEFT adapter directory (holds ``adapter_config.json``): loaded on its base model and merged;
+- a ``.gguf`` file (e.g. from ``gamesense export``): read back by transformers' GGUF reader (tokenizer and chat
+  template from the file's metadata), computing in fp32 whatever the requested dtype;
 - anything else: a base model (hub id, local path, or the built-in SmolLM2 id).
 """
 
@@ -65,6 +67,9 @@ def load_for_inference(ref: str, dtype: str = "auto") -> InferenceModel:
         ValueError / LookupError: see :func:`resolve_adapter_dir`; FileNotFoundError: a local-looking path
         that does not exist; OSError from transformers when a base model cannot be found.
     """
+    if ref.endswith(".gguf"):
+        model, tokenizer = _load_gguf(Path(ref).expanduser())
+        return InferenceModel(model=model, tokenizer=tokenizer, description=f"GGUF {ref}", base=ref)
     adapter_dir, tags = resolve_adapter_dir(ref)
     if adapter_dir is None:
         if ref.startswith((".", "/", "~")) and not Path(ref).expanduser().exists():
@@ -86,3 +91,24 @@ def load_for_inference(ref: str, dtype: str = "auto") -> InferenceModel:
     if not torch.cuda.is_available() and model.dtype != target:
         model.to(target)
     return InferenceModel(model=model, tokenizer=tokenizer, description=description, base=base, tags=tags)
+
+
+def _load_gguf(path: Path):
+    """A GGUF file through transformers' reader: ``(model in eval mode, tokenizer)``; the pad token is set as for
+    any other model.
+
+    Raises:
+        FileNotFoundError: no such file.
+    """
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from gamesense.models.base import set_pad_token
+
+    if not path.is_file():
+        raise FileNotFoundError(f"model {str(path)!r}: no such file")
+    # fp32: transformers keeps GGUF weights packed and computes in fp32; another dtype only adds casts
+    model = AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name, dtype=torch.float32)
+    tokenizer = set_pad_token(AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name))
+    if model.config.pad_token_id is None or model.config.pad_token_id == model.config.eos_token_id:
+        model.config.pad_token_id = tokenizer.pad_token_id
+    return model.eval(), tokenizer

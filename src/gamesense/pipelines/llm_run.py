@@ -147,27 +147,50 @@ class LLMRun(BaseModel):
         return run
 
 
+def _load_training(recipe: LLMRecipe, task: Task) -> LoadReport:
+    """The recipe's training file (written first by the task when it can produce it and it is missing)."""
+    train_file = data_path(recipe.data.train_file)
+    if not train_file.exists() and task.create_data("train", train_file):
+        log.info("train file %s did not exist: the %s task wrote it", train_file, task.name)
+    return task.load(train_file, recipe.data.max_train_rows)
+
+
+def load_evaluation(recipe: LLMRecipe, task: Task, train: LoadReport | None = None,
+                    max_rows: int | None = None) -> tuple[LoadReport, list | None]:  # fmt: skip
+    """The examples a run of ``recipe`` is evaluated on: ``data.eval_file`` (written first by the task when it can
+    produce it and it is missing), or, when that is null, the validation slice the task holds back from the
+    training file (``train``, loaded here when not given).
+
+    Args:
+        max_rows: the first N evaluation examples (default: the recipe's ``data.max_eval_rows``).
+
+    Returns:
+        ``(evaluation, training examples left after the slice was held back, or None with an eval file)``.
+    """
+    max_rows = max_rows or recipe.data.max_eval_rows
+    if recipe.data.eval_file:
+        eval_file = data_path(recipe.data.eval_file)
+        if not eval_file.exists() and task.create_data("eval", eval_file):
+            log.info("eval file %s did not exist: the %s task wrote it", eval_file, task.name)
+        return task.load(eval_file, max_rows), None
+    train = train or _load_training(recipe, task)
+    held_in, held_out = task.split_validation(train.examples)  # the task holds back a slice of the training data
+    log.info("validation slice of %s: %d examples held out, %d left for training", train.path, len(held_out),
+             len(held_in))  # fmt: skip
+    return LoadReport(path=f"{train.path} (validation slice)", examples=held_out[:max_rows]), held_in
+
+
 def _prepare_data(recipe: LLMRecipe, task: Task) -> tuple[PreparedData, dict[str, list[tuple[int, str]]]]:
     """Load both files once (writing those the task can produce), report set-aside rows, build the records.
 
     Returns:
         the prepared data, and the set-aside rows of each file (``{"train": [(line, reason)], "eval": ...}``).
     """
-    train_file = data_path(recipe.data.train_file)
-    eval_file = data_path(recipe.data.eval_file) if recipe.data.eval_file else None
-    for split, path in (("train", train_file), ("eval", eval_file)):
-        if path is not None and not path.exists() and task.create_data(split, path):
-            log.info("%s file %s did not exist: the %s task wrote it", split, path, task.name)
-    train = task.load(train_file, recipe.data.max_train_rows)
+    train = _load_training(recipe, task)
     _report_skipped("train", train)
-    if eval_file is None:  # the task holds back its own validation slice of the training data
-        held_in, held_out = task.split_validation(train.examples)
-        evaluation = LoadReport(path=f"{train_file} (validation slice)", examples=held_out[: recipe.data.max_eval_rows])
+    evaluation, held_in = load_evaluation(recipe, task, train)
+    if held_in is not None:
         train.examples = held_in
-        log.info("validation slice of %s: %d examples held out, %d left for training", train_file,
-                 len(evaluation.examples), len(held_in))  # fmt: skip
-    else:
-        evaluation = task.load(eval_file, recipe.data.max_eval_rows)
     _report_skipped("eval", evaluation)
 
     methods = [get_method(stage) for stage in recipe.stages]
@@ -183,7 +206,7 @@ def _prepare_data(recipe: LLMRecipe, task: Task) -> tuple[PreparedData, dict[str
         eval_records[kind] = records
     counts = {"train_rows": len(train.examples), "train_skipped_rows": len(train.skipped),
               "eval_rows": len(evaluation.examples), "eval_skipped_rows": len(evaluation.skipped)}  # fmt: skip
-    prepared = PreparedData(train_file=str(train_file), eval_file=evaluation.path,
+    prepared = PreparedData(train_file=str(train.path), eval_file=evaluation.path,
                             eval_sha256=_fingerprint(eval_records), counts=counts, train=train_records,
                             eval=eval_records)  # fmt: skip
     return prepared, {"train": train.skipped, "eval": evaluation.skipped}

@@ -193,3 +193,48 @@ def end_stale_runs(experiment: str, also: str | None = None) -> list[str]:
             client.set_terminated(run.info.run_id, "KILLED")
             killed.append(run.info.run_id)
     return killed
+
+
+#: version tags of exports: ``export.<kind>`` = the artifact URI, ``export.<kind>.<metric>`` = its parity score
+EXPORT_TAG_PREFIX = "export."
+
+
+def log_export(version, path: str | Path, kind: str, metrics: dict[str, float] | None = None,
+               beside: tuple[str | Path, ...] = ()) -> str:  # fmt: skip
+    """Log an exported file or folder as an artifact of the version's run (``exports/<kind>/``) and tag the
+    version with it (see :data:`EXPORT_TAG_PREFIX`); an earlier export of the same kind is replaced.
+
+    Args:
+        version: a ``ModelVersion``.
+        kind: e.g. ``merged``, ``gguf-q8_0``.
+        metrics: the export's parity scores, each tagged as ``export.<kind>.<name>``.
+        beside: more files logged in the same artifact folder (a Modelfile, the parity table).
+
+    Returns:
+        The artifact URI (``runs:/<run id>/exports/<kind>[/<file>]``).
+
+    Raises:
+        LookupError: the version has no run to hold the artifact.
+    """
+    client = MlflowClient()
+    if not version.run_id:
+        raise LookupError(f"{version.name} version {version.version} has no MLflow run to hold its exports")
+    path, artifact_path = Path(path), f"exports/{kind}"
+    if path.is_dir():
+        client.log_artifacts(version.run_id, str(path), artifact_path)
+        uri = f"runs:/{version.run_id}/{artifact_path}"
+    else:
+        client.log_artifact(version.run_id, str(path), artifact_path)
+        uri = f"runs:/{version.run_id}/{artifact_path}/{path.name}"
+    for extra in beside:
+        client.log_artifact(version.run_id, str(extra), artifact_path)
+    client.set_model_version_tag(version.name, version.version, f"{EXPORT_TAG_PREFIX}{kind}", uri)
+    for name, value in (metrics or {}).items():
+        client.set_model_version_tag(version.name, version.version, f"{EXPORT_TAG_PREFIX}{kind}.{name}", f"{value:.4f}")
+    return uri
+
+
+def export_kinds(tags: dict[str, str]) -> list[str]:
+    """The export kinds a version's tags record (``merged``, ``gguf-f16``, ...), sorted."""
+    return sorted(key[len(EXPORT_TAG_PREFIX):] for key, value in tags.items()
+                  if key.startswith(EXPORT_TAG_PREFIX) and value.startswith("runs:/"))  # fmt: skip
