@@ -510,15 +510,17 @@ def models_list(
     setup_tracking(tracking_uri)
     rows = list_model_versions(name)
     table = Table(title="model registry")
-    for col in ("name", "version", "aliases", "created", "gate metric", "exports", "run"):
+    with_exports = any(export_kinds(row["tags"]) for row in rows)  # the column only when some version has one
+    for col in ("name", "version", "aliases", "created", "gate metric", *(("exports",) if with_exports else ()), "run"):
         table.add_column(col)
     for row in rows:
         tags = row["tags"]
         metric = tags.get("gate_metric")
         shown = f"{metric}={float(tags[metric]):.4f}" if metric in tags else ""
+        exports = (", ".join(export_kinds(tags)),) if with_exports else ()
         table.add_row(row["name"], row["version"], ", ".join(row["aliases"]),
-                      datetime.fromtimestamp(row["created"] / 1000).strftime("%Y-%m-%d %H:%M"), shown,
-                      ", ".join(export_kinds(tags)), (row["run_id"] or "")[:8])  # fmt: skip
+                      datetime.fromtimestamp(row["created"] / 1000).strftime("%Y-%m-%d %H:%M"), shown, *exports,
+                      (row["run_id"] or "")[:8])  # fmt: skip
     _console().print(table if rows else "the registry is empty: run `gamesense finetune` first")
 
 
