@@ -165,7 +165,7 @@ def test_export_of_a_registered_version_checks_parity_logs_and_lists(workdir, ti
     from mlflow import MlflowClient
 
     from gamesense.pipelines.llm_run import run_local
-    from tests.test_llm_pipeline import tiny_recipe, write_recipe
+    from test_llm_pipeline import tiny_recipe, write_recipe
 
     recipe = tiny_recipe(tiny_model_dir, viggo_dir, tmp_path)
     run_local(recipe)
