@@ -85,29 +85,23 @@ def merge_model(ref: str, for_gguf: bool = False) -> MergedModel:
         ExportError: ``for_gguf`` and a model that cannot be written as GGUF.
     """
     from gamesense.models.base import load_base_model, load_tokenizer, resolve_base_model
-    from gamesense.models.refs import resolve_adapter_dir
+    from gamesense.models.refs import adapter_base, load_merged_adapter, resolve_adapter_dir
 
     adapter_dir, tags = resolve_adapter_dir(ref)
     path = Path(ref).expanduser()
     if adapter_dir is None and path.is_dir() and not (path / "config.json").is_file():
         raise FileNotFoundError(f"model {ref!r}: the directory holds neither adapter_config.json nor config.json")
-    base = ref
-    if adapter_dir is not None:
-        base = json.loads((adapter_dir / "adapter_config.json").read_text())["base_model_name_or_path"]
+    base = ref if adapter_dir is None else adapter_base(adapter_dir)
     base_dir = resolve_base_model(base)
-    tokenizer = load_tokenizer(base)
     if for_gguf:
         from transformers import AutoConfig
 
         check_gguf_supported(AutoConfig.from_pretrained(base_dir))
-        check_gguf_tokenizer(tokenizer)
-    model = load_base_model(base, dtype=_stored_dtype(base_dir))
-    if adapter_dir is not None:
-        from peft import PeftModel
-
-        model = PeftModel.from_pretrained(model, str(adapter_dir)).merge_and_unload()
-        if (adapter_dir / "tokenizer_config.json").is_file():
-            tokenizer = load_tokenizer(str(adapter_dir))
+        check_gguf_tokenizer(load_tokenizer(base))
+    if adapter_dir is None:
+        model, tokenizer = load_base_model(base, dtype=_stored_dtype(base_dir)), load_tokenizer(base)
+    else:
+        model, tokenizer, _ = load_merged_adapter(adapter_dir, _stored_dtype(base_dir))
     model.eval()
     return MergedModel(model=model, tokenizer=tokenizer, base=base, adapter_dir=adapter_dir, tags=tags)
 
@@ -288,7 +282,7 @@ def write_gguf(model_dir: str | Path, out_file: str | Path, quant: str = "f16", 
 
         names = gguf.get_tensor_name_map(gguf.MODEL_ARCH.LLAMA, config.num_hidden_layers)
         if rope_type == "llama3":
-            writer.add_tensor(names.get_name("rope_freqs") or "rope_freqs.weight", _llama3_rope_factors(rope, head_dim))
+            writer.add_tensor(f"{gguf.TENSOR_NAMES[gguf.MODEL_TENSOR.ROPE_FREQS]}.weight", _llama3_rope_factors(rope, head_dim))
         for file in sorted(model_dir.glob("*.safetensors")):
             with safe_open(file, framework="pt") as tensors:
                 for key in tensors.keys():
@@ -350,6 +344,20 @@ def _llama3_rope_factors(rope: dict, head_dim: int):
     return np.asarray(factors, dtype=np.float32)
 
 
+def check_quant(quant: str) -> None:
+    """Refuse a quantization this machine cannot write: not in :data:`GGUF_QUANTS`, or a k-quant without
+    llama-cpp-python.
+
+    Raises:
+        ExportError: naming what is accepted.
+    """
+    if quant not in GGUF_QUANTS:
+        raise ExportError(f"--quant {quant!r}: choose from {', '.join(GGUF_QUANTS)}")
+    if quant in LLAMA_CPP_QUANTS and not llama_cpp_available():
+        raise ExportError(f"--quant {quant} needs llama.cpp's quantizer: make llama-cpp (builds llama-cpp-python from "
+                          f"source, a few minutes), or choose one of {', '.join(GGUF_PACKAGE_QUANTS)}")  # fmt: skip
+
+
 def llama_cpp_available() -> bool:
     """True when llama-cpp-python (llama.cpp's runtime and quantizer) can be imported."""
     try:
@@ -368,9 +376,7 @@ def quantize_with_llama_cpp(source: str | Path, out_file: str | Path, quant: str
     """
     if quant not in LLAMA_CPP_QUANTS:
         raise ExportError(f"quantization {quant!r}: llama.cpp's quantizer is used here for {', '.join(LLAMA_CPP_QUANTS)}")
-    if not llama_cpp_available():
-        raise ExportError(f"--quant {quant} needs llama.cpp's quantizer: pip install llama-cpp-python (builds from "
-                          f"source, a few minutes), or choose one of {', '.join(GGUF_PACKAGE_QUANTS)}")  # fmt: skip
+    check_quant(quant)
     import ctypes
 
     import llama_cpp

@@ -59,6 +59,23 @@ def resolve_adapter_dir(ref: str) -> tuple[Path | None, dict[str, str]]:
     return None, {}
 
 
+def adapter_base(adapter_dir: Path) -> str:
+    """The base model reference a PEFT adapter was trained on (its ``adapter_config.json``)."""
+    return json.loads((adapter_dir / "adapter_config.json").read_text())["base_model_name_or_path"]
+
+
+def load_merged_adapter(adapter_dir: Path, dtype: str = "auto"):
+    """A PEFT adapter loaded on its base model (weights in ``dtype``, see
+    :func:`~gamesense.models.base.load_base_model`) and merged into it: ``(model, tokenizer, base)``; the tokenizer
+    is the adapter's where it saved one, else the base's."""
+    from peft import PeftModel
+
+    base = adapter_base(adapter_dir)
+    model = PeftModel.from_pretrained(load_base_model(base, dtype=dtype), str(adapter_dir)).merge_and_unload()
+    has_tokenizer = (adapter_dir / "tokenizer_config.json").is_file()
+    return model, load_tokenizer(str(adapter_dir) if has_tokenizer else base), base
+
+
 def load_for_inference(ref: str, dtype: str = "auto") -> InferenceModel:
     """Load any model reference (see module doc) for generation; adapters are merged for speed, and on a CPU
     with native bf16 the merged weights are cast to bf16 (see :func:`~gamesense.models.hardware.inference_dtype`).
@@ -78,13 +95,7 @@ def load_for_inference(ref: str, dtype: str = "auto") -> InferenceModel:
         tokenizer = load_tokenizer(ref)
         description, base = f"base {ref}", ref
     else:
-        from peft import PeftModel
-
-        base = json.loads((adapter_dir / "adapter_config.json").read_text())["base_model_name_or_path"]
-        model = load_base_model(base, dtype=dtype)
-        model = PeftModel.from_pretrained(model, str(adapter_dir)).merge_and_unload()
-        has_tokenizer = (adapter_dir / "tokenizer_config.json").is_file()
-        tokenizer = load_tokenizer(str(adapter_dir) if has_tokenizer else base)
+        model, tokenizer, base = load_merged_adapter(adapter_dir, dtype)
         description = f"adapter {ref} on {base}"
     model.eval()
     target = inference_dtype(dtype)

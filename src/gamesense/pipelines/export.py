@@ -61,11 +61,7 @@ def check_export_options(formats: Sequence[str], quants: Sequence[str]) -> None:
             raise ex.ExportError(f"--format {fmt!r}: choose merged or gguf")
     if "gguf" in formats:
         for quant in quants:
-            if quant not in ex.GGUF_QUANTS:
-                raise ex.ExportError(f"--quant {quant!r}: choose from {', '.join(ex.GGUF_QUANTS)}")
-            if quant in ex.LLAMA_CPP_QUANTS and not ex.llama_cpp_available():
-                raise ex.ExportError(f"--quant {quant} needs llama.cpp's quantizer: pip install llama-cpp-python "
-                                     f"(built from source), or choose one of {', '.join(ex.GGUF_PACKAGE_QUANTS)}")  # fmt: skip
+            ex.check_quant(quant)
 
 
 def export_name(ref: str) -> str:
